@@ -1,0 +1,344 @@
+"""TextAgentEnv: the shared machinery of the multi-turn text environments.
+
+One environment step is one agent turn (one LLM call). The base class owns
+what every text game shares: the windowed prompt, ``<action>`` parsing and the
+invalid-action penalty, state keys, rollout groups (G episodes of one task from
+one initial state, a fresh ``group_id`` per draw) and the TorchRL specs. A
+subclass plugs a game engine in through two hooks, :meth:`_game_reset` and
+:meth:`_game_step`.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tensordict import TensorDict, TensorDictBase, lazy_stack
+from torchrl.data import Categorical, Composite, NonTensor, Unbounded
+from torchrl.data.llm import History
+from torchrl.envs.llm import ChatEnv
+from torchrl.modules.llm.policies import ChatHistory
+
+from torchrl_gagpo._utils import normalize_text, state_digest
+
+__all__ = ["GameState", "TextAgentEnv", "parse_action"]
+
+MAX_RESPONSE_CHARS = 10_000
+_ACTION_RE = re.compile(r"<action>(.*?)</action>", re.IGNORECASE | re.DOTALL)
+_OPEN_RE = re.compile(r"<action>", re.IGNORECASE)
+_CLOSE_RE = re.compile(r"</action>", re.IGNORECASE)
+_ROLE_MARKERS = re.compile(
+    r"<\|(im_start|im_end|endoftext|eot_id|start_header_id|end_header_id)\|>", re.IGNORECASE
+)
+
+
+def parse_action(text: Any, admissible: Sequence[str]) -> tuple[str, bool]:
+    """Extract the action of an LLM reply; return ``(command, valid)``.
+
+    The reply must hold exactly one ``<action>...</action>``; its content is
+    whitespace-collapsed and matched case-insensitively against ``admissible``.
+    Anything else is invalid: no or unbalanced tags, several actions, an empty
+    or inadmissible action, a reply longer than 10,000 characters, undecodable
+    bytes (U+FFFD) or injected chat-role markers. For an invalid reply the
+    command is what the engine receives instead (the tag content, or the
+    reply's last 30 characters when there is no tag, as verl-agent does); the
+    engine answers it like any unknown command.
+
+    Examples:
+        >>> parse_action("<think>hm</think><action> Go  Forward </action>", ["go forward", "look"])
+        ('go forward', True)
+        >>> parse_action("<action>fly</action>", ["go forward"])
+        ('fly', False)
+        >>> parse_action("<action>look</action><action>look</action>", ["look"])[1]
+        False
+    """
+    if not isinstance(text, str):
+        return "", False
+    text = text.replace("\x00", "")
+    if len(text) > MAX_RESPONSE_CHARS:
+        return normalize_text(text[-30:]).lower(), False
+    matches = _ACTION_RE.findall(text)
+    tagged = len(matches) == 1 and len(_OPEN_RE.findall(text)) == 1 and len(_CLOSE_RE.findall(text)) == 1
+    command = normalize_text(matches[-1] if matches else text[-30:]).lower()
+    command = _ROLE_MARKERS.sub(" ", command).replace("\ufffd", "").strip()
+    if not tagged or not command or "\ufffd" in text or _ROLE_MARKERS.search(text):
+        return command, False
+    lookup = {normalize_text(a).lower(): a for a in admissible}
+    if command in lookup:
+        return lookup[command], True
+    return command, False
+
+
+@dataclass
+class GameState:
+    """What a game engine reports after a reset or a step.
+
+    Attributes:
+        observation: the text the agent sees now.
+        admissible_actions: the commands the engine accepts now.
+        won: the task is solved.
+        info: engine extras (``task_type``, ...).
+    """
+
+    observation: str
+    admissible_actions: list[str]
+    won: bool = False
+    info: dict = field(default_factory=dict)
+
+
+DEFAULT_PROMPT = (
+    "You are an expert agent in {env_name}. Your task is to: {task}\n"
+    "{history}"
+    "You are now at step {step} and your current observation is: {observation}\n"
+    "Your admissible actions of the current situation are: [{actions}].\n\n"
+    "Now it's your turn to take an action. First reason step by step about the current situation "
+    "inside <think> </think> tags. Then choose one admissible action for the current step and give it "
+    "inside <action> </action> tags."
+)
+HISTORY_BLOCK = (
+    "Before this step you have taken {n_steps} step(s). Your most recent {n_shown} observations "
+    "and the actions you took are: {pairs}\n"
+)
+
+
+class TextAgentEnv(ChatEnv):
+    """Base class of the multi-turn text environments (batch size ``(1,)``).
+
+    Each reset starts an episode of the current rollout group: ``group_size``
+    consecutive *completed* episodes share one task, one initial state and one
+    ``group_id``; then a new task is drawn (seeded) with a fresh ``group_id``. A
+    reset whose episode is never stepped (such as a collector's priming reset)
+    does not use up a group member. A reset tensordict carrying ``task_id`` and
+    ``group_id`` (for example from torchrl's ``DataLoadingPrimer``) overrides
+    the draw.
+
+    Every step writes the data contract of ``torchrl_gagpo``: ``history.prompt``
+    (the next prompt), ``observation``, ``admissible_actions``, ``state_key``,
+    ``task_id``, ``group_id``, ``turn``, ``won``, ``invalid_action``, ``reward``,
+    ``done``/``terminated``/``truncated``. The reward is ``success_reward`` on
+    success minus ``invalid_action_penalty`` for an invalid reply.
+
+    Keyword Args:
+        group_size (int): episodes per rollout group. Defaults to ``1``.
+        max_steps (int): turns before truncation.
+        history_length (int): past (observation, action) pairs in the prompt. Defaults to ``2``.
+        invalid_action_penalty (float): subtracted on an invalid turn; 0 disables. Defaults to ``0.1``.
+        success_reward (float): reward of the winning turn. Defaults to ``10.0``.
+        prompt_template (str, optional): ``str.format`` template with the fields
+            ``env_name, task, history, step, observation, actions``.
+        system_prompt (str, optional): a system message before the prompt.
+        state_key_fn (callable, optional): ``fn(GameState) -> str``, the text that
+            identifies the state (default: the observation).
+        seed (int): seeds task draws and the engine. Defaults to ``0``.
+    """
+
+    env_name = "a text environment"
+
+    def __init__(
+        self,
+        *,
+        group_size: int = 1,
+        max_steps: int,
+        history_length: int = 2,
+        invalid_action_penalty: float = 0.1,
+        success_reward: float = 10.0,
+        prompt_template: str | None = None,
+        system_prompt: str | None = None,
+        state_key_fn: Callable[[GameState], str] | None = None,
+        seed: int = 0,
+        device: torch.device | None = None,
+    ) -> None:
+        for name, value, low in (("group_size", group_size, 1), ("max_steps", max_steps, 1), ("history_length", history_length, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}.")
+        if invalid_action_penalty < 0:
+            raise ValueError(f"invalid_action_penalty must be >= 0, got {invalid_action_penalty}.")
+        self.group_size = group_size
+        self.max_steps = max_steps
+        self.history_length = history_length
+        self.invalid_action_penalty = float(invalid_action_penalty)
+        self.success_reward = float(success_reward)
+        self.prompt_template = prompt_template or DEFAULT_PROMPT
+        self.state_key_fn = state_key_fn
+        self.seed_value = int(seed)
+        self._task_rng = random.Random(f"tasks/{seed}")
+        self._task_order: list[int] = []
+        self._next_group = 0
+        self._group: tuple[int, int] | None = None
+        self._completed_in_group = 0
+        self._episode: dict[str, Any] = {}
+        super().__init__(input_mode="history", batch_size=(1,), system_prompt=system_prompt, device=device)
+
+    # -- hooks for subclasses --------------------------------------------------------
+    @property
+    def num_tasks(self) -> int:
+        """Number of distinct tasks."""
+        raise NotImplementedError
+
+    def task_description(self, task_id: int) -> str:
+        """One-line task statement shown in the prompt."""
+        raise NotImplementedError
+
+    def _game_reset(self, task_id: int, episode_seed: int) -> GameState:
+        """Start ``task_id`` in its initial state (identical for every member of a group)."""
+        raise NotImplementedError
+
+    def _game_step(self, command: str) -> GameState:
+        """Apply ``command`` (valid or not) and report the new state."""
+        raise NotImplementedError
+
+    # -- specs -----------------------------------------------------------------------
+    @staticmethod
+    def _history_spec(shape, key: str) -> Composite:
+        """ChatHistory spec without the tool fields, which text agents never write."""
+        spec = ChatHistory.default_spec(shape=shape, keys=[key])
+        for field_name in ("tool_calls", "tool_responses"):
+            del spec[key][field_name]
+        return spec
+
+    def _make_specs(self) -> None:
+        b = self.batch_size
+        self.full_observation_spec = Composite(
+            history=self._history_spec(b, "prompt"),
+            observation=NonTensor(shape=b, example_data="You are in a room."),
+            admissible_actions=NonTensor(shape=b, example_data=["look"]),
+            state_key=Unbounded(shape=(*b, 1), dtype=torch.int64),
+            task_id=Unbounded(shape=(*b, 1), dtype=torch.int64),
+            group_id=Unbounded(shape=(*b, 1), dtype=torch.int64),
+            turn=Unbounded(shape=(*b, 1), dtype=torch.int64),
+            won=Categorical(2, shape=(*b, 1), dtype=torch.bool),
+            invalid_action=Categorical(2, shape=(*b, 1), dtype=torch.bool),
+            shape=b,
+        )
+        self.full_action_spec = Composite(history=self._history_spec(b, "full"), shape=b)
+        self.full_state_spec = Composite(shape=b)
+        self.full_reward_spec = Composite(reward=Unbounded(shape=(*b, 1)), shape=b)
+        self.full_done_spec = Composite(
+            done=Categorical(2, shape=(*b, 1), dtype=torch.bool),
+            terminated=Categorical(2, shape=(*b, 1), dtype=torch.bool),
+            truncated=Categorical(2, shape=(*b, 1), dtype=torch.bool),
+            shape=b,
+        )
+
+    # -- groups ----------------------------------------------------------------------
+    def _draw_task(self) -> int:
+        if not self._task_order:
+            self._task_order = list(range(self.num_tasks))
+            self._task_rng.shuffle(self._task_order)
+        return self._task_order.pop()
+
+    def _next_member(self, tensordict: TensorDictBase | None) -> tuple[int, int]:
+        if tensordict is not None and tensordict.get("task_id", None) is not None and tensordict.get("group_id", None) is not None:
+            return int(tensordict.get("task_id").reshape(-1)[0]), int(tensordict.get("group_id").reshape(-1)[0])
+        if self._group is None or self._completed_in_group >= self.group_size:
+            self._group = (self._draw_task(), (self.seed_value << 32) + self._next_group)
+            self._next_group += 1
+            self._completed_in_group = 0
+        return self._group
+
+    def episode_seed(self, task_id: int, group_id: int) -> int:
+        """Seed of the engine for one group: every member starts identically."""
+        return state_digest(f"{self.seed_value}/{task_id}/{group_id}")
+
+    # -- prompt ----------------------------------------------------------------------
+    def build_prompt(self, state: GameState) -> str:
+        """The user message for the current turn (bounded by ``history_length``)."""
+        ep = self._episode
+        memory = list(ep["memory"])[-self.history_length :] if self.history_length else []
+        history = ""
+        if memory:
+            first = ep["turn"] - len(memory) + 1
+            pairs = " ".join(
+                f"[Observation {first + i}: '{obs}', Action {first + i}: '{act}']" for i, (obs, act) in enumerate(memory)
+            )
+            history = HISTORY_BLOCK.format(n_steps=ep["turn"], n_shown=len(memory), pairs=pairs)
+        return self.prompt_template.format(
+            env_name=self.env_name,
+            task=ep["task"],
+            history=history,
+            step=ep["turn"] + 1,
+            observation=state.observation,
+            actions=", ".join(state.admissible_actions),
+        )
+
+    def _state_key(self, state: GameState) -> int:
+        text = self.state_key_fn(state) if self.state_key_fn is not None else state.observation
+        return state_digest(text)
+
+    def _observe(self, state: GameState, *, reward: float = 0.0, invalid: bool = False, done=(False, False)):
+        ep = self._episode
+        messages = [{"role": "user", "content": self.build_prompt(state)}]
+        if self.system_prompt:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        terminated, truncated = done
+        out = TensorDict(
+            history=ChatHistory(prompt=History.from_chats([messages]), batch_size=(1,)),
+            observation=[state.observation],
+            admissible_actions=[list(state.admissible_actions)],
+            state_key=torch.tensor([[self._state_key(state)]]),
+            task_id=torch.tensor([[ep["task_id"]]]),
+            group_id=torch.tensor([[ep["group_id"]]]),
+            turn=torch.tensor([[ep["turn"]]]),
+            won=torch.tensor([[state.won]]),
+            invalid_action=torch.tensor([[invalid]]),
+            reward=torch.tensor([[reward]], dtype=torch.float32),
+            terminated=torch.tensor([[terminated]]),
+            truncated=torch.tensor([[truncated]]),
+            done=torch.tensor([[terminated or truncated]]),
+            batch_size=(1,),
+        )
+        return out.to_lazystack(0)
+
+    # -- EnvBase -----------------------------------------------------------------------
+    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+        task_id, group_id = self._next_member(tensordict)
+        state = self._game_reset(task_id, self.episode_seed(task_id, group_id))
+        self._episode = {
+            "task_id": task_id,
+            "group_id": group_id,
+            "task": self.task_description(task_id),
+            "turn": 0,
+            "memory": deque(maxlen=max(self.history_length, 1)),
+            "state": state,
+        }
+        out = self._observe(state)
+        out.exclude("reward", inplace=True)
+        return out
+
+    def _reply_text(self, tensordict: TensorDictBase) -> Any:
+        full = tensordict["history"].full
+        last = full[0, -1] if full.ndim == 2 else full[-1]
+        return last.content if last.role == "assistant" else None
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        ep = self._episode
+        if not ep:
+            raise RuntimeError(f"{type(self).__name__}.step() called before reset().")
+        before = ep["state"]
+        command, valid = parse_action(self._reply_text(tensordict), before.admissible_actions)
+        state = self._game_step(command)
+        ep["turn"] += 1
+        ep["memory"].append((before.observation, command))
+        ep["state"] = state
+        terminated = bool(state.won)
+        truncated = ep["turn"] >= self.max_steps and not terminated
+        reward = self.success_reward * terminated - (0.0 if valid else self.invalid_action_penalty)
+        if terminated or truncated:
+            self._completed_in_group += 1
+        return self._observe(state, reward=reward, invalid=not valid, done=(terminated, truncated))
+
+    def _set_seed(self, seed: int | None) -> None:
+        if seed is not None:
+            self.seed_value = int(seed)
+            self._task_rng = random.Random(f"tasks/{seed}")
+            self._task_order, self._group, self._next_group = [], None, 0
+
+
+def stack_steps(steps: list[TensorDictBase]) -> TensorDictBase:
+    """Concatenate per-step tensordicts of shape ``(1,)`` into one ``[N]`` lazy stack."""
+    return lazy_stack([s for step in steps for s in step.unbind(0)])

@@ -1,0 +1,40 @@
+"""torchrl_gagpo: critic-free credit assignment for multi-turn LLM agents, in TorchRL.
+
+GAGPO (Generalized Advantage Grouped Policy Optimization, arXiv:2605.13217) as
+TorchRL components, with GiGPO, GRPO and RLOO baselines on the same data contract.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from tensordict import set_list_to_stack
+
+from . import functional
+from ._utils import stable_digest, state_digest
+from .estimators import GiGPOEstimator, GroupedGAE, GroupedValueProxy, GRPOEstimator, RLOOEstimator
+from .loss import GAGPOLoss, GAGPOLossOutput
+from .transforms import StateKey, StateKeyGrouping
+
+# torchrl's History / ChatEnv refuse to work without it; set it once on import.
+set_list_to_stack(True).set()
+
+try:
+    __version__ = version("torchrl-gagpo")
+except PackageNotFoundError:  # a source checkout that was never installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "GAGPOLoss",
+    "GAGPOLossOutput",
+    "GiGPOEstimator",
+    "GRPOEstimator",
+    "GroupedGAE",
+    "GroupedValueProxy",
+    "RLOOEstimator",
+    "StateKey",
+    "StateKeyGrouping",
+    "functional",
+    "stable_digest",
+    "state_digest",
+]

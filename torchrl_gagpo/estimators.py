@@ -1,0 +1,437 @@
+"""TorchRL value estimators around the grouped advantage kernels (key plumbing only).
+
+Each estimator reads flat, complete trajectories of whole rollout groups (the
+output of :class:`~torchrl_gagpo.StateKeyGrouping`) and writes ``advantage``
+(and, for :class:`GroupedGAE`, ``value_target`` and the value proxy). They
+subclass torchrl's :class:`~torchrl.objectives.value.ValueEstimatorBase`, so a
+loss takes them through ``loss.make_value_estimator(...)`` exactly like torchrl's
+own ``GAE``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from tensordict import NestedKey, TensorDictBase, unravel_key
+from tensordict.nn import TensorDictModuleBase
+from torchrl.objectives.value import ValueEstimatorBase
+
+from . import functional as F
+
+__all__ = [
+    "GiGPOEstimator",
+    "GroupedGAE",
+    "GroupedValueProxy",
+    "GRPOEstimator",
+    "RLOOEstimator",
+]
+
+
+@dataclass
+class _GroupKeys:
+    """Tensordict keys read and written by the grouped estimators.
+
+    Attributes:
+        advantage: written; ``"advantage"``.
+        value_target: written by :class:`GroupedGAE`; ``"value_target"``.
+        value: value proxy written by :class:`GroupedGAE` at the root and under
+            ``"next"``; ``"state_value"``.
+        reward: read under ``"next"``; ``"reward"``.
+        done: read under ``"next"``; ``"done"``.
+        terminated: read under ``"next"`` (kept for torchrl compatibility); ``"terminated"``.
+        state_key: digest of the state before the action; ``"state_key"``.
+        group_id: rollout group; ``"group_id"``.
+        group_size: trajectories in the step's group, written by
+            :class:`~torchrl_gagpo.StateKeyGrouping`; used to refuse split groups.
+    """
+
+    advantage: NestedKey = "advantage"
+    value_target: NestedKey = "value_target"
+    value: NestedKey = "state_value"
+    reward: NestedKey = "reward"
+    done: NestedKey = "done"
+    terminated: NestedKey = "terminated"
+    state_key: NestedKey = "state_key"
+    group_id: NestedKey = "group_id"
+    group_size: NestedKey = "group_size"
+
+
+def _set_keys(current: _GroupKeys | None, default: type, owner: str, **kwargs) -> _GroupKeys:
+    """``set_keys`` that validates names against every dataclass field (base classes too)."""
+    fields = default.__dataclass_fields__
+    for name, value in kwargs.items():
+        if name not in fields:
+            raise ValueError(
+                f"{name!r} is not a key of {owner}; accepted keys: {sorted(fields)}."
+            )
+        if not isinstance(value, (str, tuple)):
+            raise ValueError(f"key {name!r} must be a str or a tuple of str, got {value!r}.")
+        kwargs[name] = unravel_key(value)
+    conf = asdict(current if current is not None else default())
+    conf.update(kwargs)
+    return default(**conf)
+
+
+def _flat(td: TensorDictBase, key: NestedKey) -> torch.Tensor:
+    value = td.get(key, None)
+    if value is None:
+        raise KeyError(f"{key!r} is missing from the batch (keys: {list(td.keys(True, True))}).")
+    if value.numel() != td.numel():
+        raise ValueError(
+            f"{key!r} must hold one value per step ({td.numel()}), got shape {tuple(value.shape)}."
+        )
+    return value.reshape(-1)
+
+
+def _write(td: TensorDictBase, key: NestedKey, value: torch.Tensor) -> None:
+    td.set(key, value.reshape(*td.batch_size, 1))
+
+
+class _GroupedEstimatorBase(ValueEstimatorBase):
+    """Shared plumbing: keys, whole-group check, flatten in / reshape out."""
+
+    _AcceptedKeys = _GroupKeys
+    default_keys = _GroupKeys
+    _writes_values = False
+
+    def __init__(self, *, group_size: int | None = None, device: torch.device | None = None) -> None:
+        super().__init__(value_network=None, device=device)
+        if group_size is not None and (isinstance(group_size, bool) or int(group_size) < 1):
+            raise ValueError(f"group_size must be a positive int or None, got {group_size!r}.")
+        self.group_size = None if group_size is None else int(group_size)
+
+    def set_keys(self, **kwargs) -> None:  # noqa: D102 (documented on the base class)
+        self._tensor_keys = _set_keys(self._tensor_keys, self.default_keys, type(self).__name__, **kwargs)
+
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        k = self.tensor_keys
+        return [("next", k.reward), ("next", k.done), k.state_key, k.group_id]
+
+    @property
+    def out_keys(self) -> list[NestedKey]:
+        k = self.tensor_keys
+        if self._writes_values:
+            return [k.advantage, k.value_target, k.value, ("next", k.value)]
+        return [k.advantage]
+
+    def _check_whole_groups(self, td: TensorDictBase, done: torch.Tensor, group_id: torch.Tensor) -> None:
+        """Refuse a batch that holds only part of a rollout group."""
+        expected = None
+        recorded = td.get(self.tensor_keys.group_size, None)
+        if recorded is not None and recorded.numel() == td.numel():
+            expected = recorded.reshape(-1)[done]
+        elif self.group_size is not None:
+            expected = torch.full_like(group_id[done], self.group_size)
+        if expected is None or not bool(done.any()):
+            return
+        gid = group_id[done]
+        uniq, inverse = torch.unique(gid, return_inverse=True)
+        counts = torch.bincount(inverse)[inverse]
+        bad = counts != expected
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            raise ValueError(
+                f"the batch splits rollout group {int(gid[i])}: it holds {int(counts[i])} of its "
+                f"{int(expected[i])} trajectories. Estimate advantages on whole groups (for "
+                "example inside StateKeyGrouping, before sampling minibatches)."
+            )
+
+    def forward(self, tensordict: TensorDictBase, *, params=None, target_params=None) -> TensorDictBase:
+        """Write the advantage (and values) of every step of ``tensordict``.
+
+        Args:
+            tensordict (TensorDictBase): flat ``[N]`` (or ``[B, T]``) batch of
+                complete trajectories of whole rollout groups.
+        """
+        k = self.tensor_keys
+        reward = _flat(tensordict, ("next", k.reward))
+        done = _flat(tensordict, ("next", k.done))
+        group_id = _flat(tensordict, k.group_id)
+        if done.dtype == torch.bool:
+            self._check_whole_groups(tensordict, done, group_id)
+        for key, value in self._compute(tensordict, reward, done, group_id).items():
+            _write(tensordict, key, value)
+        return tensordict
+
+    def _compute(self, td, reward, done, group_id) -> dict[NestedKey, torch.Tensor]:
+        raise NotImplementedError
+
+    def value_estimate(self, tensordict, *args, **kwargs):
+        raise NotImplementedError(
+            f"{type(self).__name__} is critic-free: call it on a batch of whole groups to "
+            "write 'advantage'; there is no value network to query."
+        )
+
+
+class GroupedGAE(_GroupedEstimatorBase):
+    """GAGPO's estimator: GAE over the grouped value proxy, normalised per rollout group.
+
+    Writes ``advantage`` (normalised), ``value_target`` (the raw lambda-return,
+    ``A_raw + V``), ``state_value`` and ``("next", "state_value")``. See
+    :func:`torchrl_gagpo.functional.gagpo_advantage` for the equations.
+
+    Keyword Args:
+        gamma (float): discount. Defaults to ``0.95``.
+        lmbda (float): GAE trace parameter. Defaults to ``0.8``.
+        normalize (str): ``"mean_std"`` (default), ``"mean"`` or ``"none"``.
+        eps (float): added to the std. Defaults to ``1e-6``.
+        group_size (int, optional): trajectories per group; when given (or when the
+            batch carries ``group_size``, as written by ``StateKeyGrouping``) a batch
+            that splits a group raises ``ValueError``.
+        device (torch.device, optional): device of the ``gamma``/``lmbda`` buffers.
+
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> td = TensorDict(
+        ...     group_id=torch.zeros(4, 1, dtype=torch.long),
+        ...     state_key=torch.tensor([[0], [1], [0], [2]]),
+        ...     next=TensorDict(reward=torch.tensor([[0.0], [10.0], [0.0], [0.0]]),
+        ...                     done=torch.tensor([[False], [True], [False], [True]]), batch_size=[4]),
+        ...     batch_size=[4])
+        >>> out = GroupedGAE(gamma=0.95, lmbda=0.8, normalize="none")(td)
+        >>> out["advantage"].squeeze(-1).tolist()
+        [4.75, 0.0, -4.75, 0.0]
+        >>> out["state_value"].squeeze(-1).tolist()
+        [4.75, 10.0, 4.75, 0.0]
+    """
+
+    _writes_values = True
+
+    def __init__(
+        self,
+        *,
+        gamma: float = 0.95,
+        lmbda: float = 0.8,
+        normalize: F.Normalize = "mean_std",
+        eps: float = 1e-6,
+        group_size: int | None = None,
+        device: torch.device | None = None,
+    ) -> None:
+        super().__init__(group_size=group_size, device=device)
+        F._check_unit("gamma", gamma)
+        F._check_unit("lmbda", lmbda)
+        F._check_normalize(normalize, eps)
+        self.register_buffer("gamma", torch.tensor(float(gamma), device=self._device))
+        self.register_buffer("lmbda", torch.tensor(float(lmbda), device=self._device))
+        self.normalize = normalize
+        self.eps = eps
+
+    def _compute(self, td, reward, done, group_id):
+        k = self.tensor_keys
+        r, d, g = F._prepare(reward, done, group_id)
+        s = F._check_ids("state_key", _flat(td, k.state_key), r)
+        gamma, lmbda = F._check_unit("gamma", self.gamma), F._check_unit("lmbda", self.lmbda)
+        raw, value, next_value = F._gagpo_raw(r, d, s, g, gamma, lmbda)
+        index, n = F._dense(g)
+        advantage = F._normalize_segments(raw, index, n, self.normalize, self.eps)
+        return {
+            k.advantage: advantage,
+            k.value_target: raw + value,
+            k.value: value,
+            ("next", k.value): next_value,
+        }
+
+
+class GroupedValueProxy(TensorDictModuleBase):
+    """Writes the grouped value proxy ``state_value`` and ``("next", "state_value")``.
+
+    ``V(s)`` is the mean discounted return-to-go over every step of the rollout
+    group whose ``state_key`` is ``s``; ``("next", "state_value")`` is ``V`` of the
+    trajectory's next step (0 after its last step). Use it to feed torchrl's own
+    :class:`~torchrl.objectives.value.GAE` (``value_network=None``) or to inspect
+    the proxy.
+
+    Keyword Args:
+        gamma (float): discount of the return-to-go. Defaults to ``0.95``.
+
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> td = TensorDict(
+        ...     group_id=torch.zeros(3, 1, dtype=torch.long),
+        ...     state_key=torch.tensor([[5], [5], [6]]),
+        ...     next=TensorDict(reward=torch.tensor([[0.0], [1.0], [0.0]]),
+        ...                     done=torch.tensor([[False], [True], [True]]), batch_size=[3]),
+        ...     batch_size=[3])
+        >>> GroupedValueProxy(gamma=0.5)(td)["state_value"].squeeze(-1).tolist()
+        [0.75, 0.75, 0.0]
+    """
+
+    _AcceptedKeys = _GroupKeys
+    default_keys = _GroupKeys
+
+    def __init__(self, *, gamma: float = 0.95) -> None:
+        super().__init__()
+        F._check_unit("gamma", gamma)
+        self.register_buffer("gamma", torch.tensor(float(gamma)))
+        self._tensor_keys = _GroupKeys()
+
+    @property
+    def tensor_keys(self) -> _GroupKeys:
+        return self._tensor_keys
+
+    def set_keys(self, **kwargs) -> None:
+        """Rename the tensordict keys (see :class:`GroupedGAE` for the names)."""
+        self._tensor_keys = _set_keys(self._tensor_keys, _GroupKeys, type(self).__name__, **kwargs)
+
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        k = self._tensor_keys
+        return [("next", k.reward), ("next", k.done), k.state_key, k.group_id]
+
+    @property
+    def out_keys(self) -> list[NestedKey]:
+        return [self._tensor_keys.value, ("next", self._tensor_keys.value)]
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """Write ``state_value`` and ``("next", "state_value")``."""
+        k = self._tensor_keys
+        r, d, g = F._prepare(
+            _flat(tensordict, ("next", k.reward)),
+            _flat(tensordict, ("next", k.done)),
+            _flat(tensordict, k.group_id),
+        )
+        s = F._check_ids("state_key", _flat(tensordict, k.state_key), r)
+        returns = F._reverse_discounted_scan(r, d, float(self.gamma))
+        value = F.grouped_value_proxy(returns, s, g)
+        _write(tensordict, k.value, value)
+        _write(tensordict, ("next", k.value), F._next_in_trajectory(value, d))
+        return tensordict
+
+
+class GiGPOEstimator(_GroupedEstimatorBase):
+    """GiGPO baseline: group-normalised episode return plus anchor-state step term.
+
+    See :func:`torchrl_gagpo.functional.gigpo_advantage`. Writes ``advantage``.
+
+    Keyword Args:
+        gamma (float): discount of the step term. Defaults to ``0.95``.
+        step_weight (float): weight of the step term. Defaults to ``1.0``.
+        normalize (str): ``"mean_std"`` (default), ``"mean"`` or ``"none"``.
+        episode_stats (str): ``"trajectory"`` (default, the paper) or ``"step"``.
+        eps (float): added to the std. Defaults to ``1e-6``.
+        group_size (int, optional): see :class:`GroupedGAE`.
+        device (torch.device, optional): device of the ``gamma`` buffer.
+
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> td = TensorDict(
+        ...     group_id=torch.zeros(3, 1, dtype=torch.long), state_key=torch.tensor([[0], [1], [0]]),
+        ...     next=TensorDict(reward=torch.tensor([[0.0], [1.0], [0.0]]),
+        ...                     done=torch.tensor([[False], [True], [True]]), batch_size=[3]),
+        ...     batch_size=[3])
+        >>> GiGPOEstimator(gamma=1.0, normalize="mean")(td)["advantage"].squeeze(-1).tolist()
+        [1.0, 0.5, -1.0]
+    """
+
+    def __init__(
+        self,
+        *,
+        gamma: float = 0.95,
+        step_weight: float = 1.0,
+        normalize: F.Normalize = "mean_std",
+        episode_stats: Literal["trajectory", "step"] = "trajectory",
+        eps: float = 1e-6,
+        group_size: int | None = None,
+        device: torch.device | None = None,
+    ) -> None:
+        super().__init__(group_size=group_size, device=device)
+        F._check_unit("gamma", gamma)
+        F._check_normalize(normalize, eps)
+        if episode_stats not in ("trajectory", "step"):
+            raise ValueError(f"episode_stats must be 'trajectory' or 'step', got {episode_stats!r}.")
+        self.register_buffer("gamma", torch.tensor(float(gamma), device=self._device))
+        self.step_weight = float(step_weight)
+        self.normalize = normalize
+        self.episode_stats = episode_stats
+        self.eps = eps
+
+    def _compute(self, td, reward, done, group_id):
+        advantage = F.gigpo_advantage(
+            reward,
+            done,
+            _flat(td, self.tensor_keys.state_key),
+            group_id,
+            gamma=float(self.gamma),
+            step_weight=self.step_weight,
+            normalize=self.normalize,
+            episode_stats=self.episode_stats,
+            eps=self.eps,
+        )
+        return {self.tensor_keys.advantage: advantage}
+
+
+class GRPOEstimator(_GroupedEstimatorBase):
+    """GRPO baseline: trajectory returns normalised across the group, on every step.
+
+    See :func:`torchrl_gagpo.functional.grpo_advantage`. Writes ``advantage``.
+
+    Keyword Args:
+        normalize (str): ``"mean_std"`` (default), ``"mean"`` or ``"none"``.
+        eps (float): added to the std. Defaults to ``1e-6``.
+        group_size (int, optional): see :class:`GroupedGAE`.
+        device (torch.device, optional): unused, for interface symmetry.
+
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> td = TensorDict(
+        ...     group_id=torch.zeros(3, 1, dtype=torch.long), state_key=torch.zeros(3, 1, dtype=torch.long),
+        ...     next=TensorDict(reward=torch.tensor([[0.0], [1.0], [0.0]]),
+        ...                     done=torch.tensor([[False], [True], [True]]), batch_size=[3]),
+        ...     batch_size=[3])
+        >>> GRPOEstimator(normalize="mean")(td)["advantage"].squeeze(-1).tolist()
+        [0.5, 0.5, -0.5]
+    """
+
+    def __init__(
+        self,
+        *,
+        normalize: F.Normalize = "mean_std",
+        eps: float = 1e-6,
+        group_size: int | None = None,
+        device: torch.device | None = None,
+    ) -> None:
+        super().__init__(group_size=group_size, device=device)
+        F._check_normalize(normalize, eps)
+        self.normalize = normalize
+        self.eps = eps
+
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        k = self.tensor_keys
+        return [("next", k.reward), ("next", k.done), k.group_id]
+
+    def _compute(self, td, reward, done, group_id):
+        advantage = F.grpo_advantage(reward, done, group_id, normalize=self.normalize, eps=self.eps)
+        return {self.tensor_keys.advantage: advantage}
+
+
+class RLOOEstimator(_GroupedEstimatorBase):
+    """RLOO baseline: each trajectory's return minus the mean of the others in its group.
+
+    See :func:`torchrl_gagpo.functional.rloo_advantage`. Writes ``advantage``.
+
+    Keyword Args:
+        group_size (int, optional): see :class:`GroupedGAE`.
+        device (torch.device, optional): unused, for interface symmetry.
+
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> td = TensorDict(
+        ...     group_id=torch.zeros(3, 1, dtype=torch.long), state_key=torch.zeros(3, 1, dtype=torch.long),
+        ...     next=TensorDict(reward=torch.tensor([[0.0], [1.0], [0.0]]),
+        ...                     done=torch.tensor([[False], [True], [True]]), batch_size=[3]),
+        ...     batch_size=[3])
+        >>> RLOOEstimator()(td)["advantage"].squeeze(-1).tolist()
+        [1.0, 1.0, -1.0]
+    """
+
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        k = self.tensor_keys
+        return [("next", k.reward), ("next", k.done), k.group_id]
+
+    def _compute(self, td, reward, done, group_id):
+        return {self.tensor_keys.advantage: F.rloo_advantage(reward, done, group_id)}

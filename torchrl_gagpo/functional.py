@@ -1,0 +1,518 @@
+"""Pure tensor kernels for grouped, critic-free advantage estimation.
+
+Every function here takes flat per-step tensors (one row per agent turn) and
+imports nothing but torch.
+
+Layout
+------
+* 1-D tensors of ``N`` steps; ``[N, 1]`` is accepted too and the result has the
+  shape of ``reward``.
+* The steps of one trajectory are contiguous and in time order, and the last
+  step of every trajectory has ``done=True``. Trajectories and groups may come
+  in any order.
+* ``group_id`` (the rollout group: G rollouts of one task from one initial
+  state) and ``state_key`` (a digest of the environment state) are integers.
+
+Normalisation rules (``normalize=``)
+------------------------------------
+* ``"mean_std"``: ``(x - mean) / (std + eps)`` with the sample (unbiased) std.
+* ``"mean"``: ``x - mean``.
+* ``"none"``: ``x`` unchanged.
+* A set of fewer than two values has std 1 and a mean equal to its value, so a
+  singleton state group's GiGPO step term, or a one-trajectory GRPO group, is 0.
+* One exception, kept from the official GiGPO code: GiGPO's *episode* term for a
+  set of one value uses mean 0 and std 1 (the raw return passes through).
+
+Vectorisation
+-------------
+No Python loop runs over steps, trajectories or groups. Group statistics use
+``torch.unique`` + ``index_add_``; the backward recursions (returns, GAE) loop
+over the time index only, up to the longest trajectory, each iteration updating
+every trajectory at once. Memory is ``O(N)`` whatever the length spread.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "discounted_returns",
+    "gagpo_advantage",
+    "gigpo_advantage",
+    "group_normalize",
+    "grouped_value_proxy",
+    "grpo_advantage",
+    "rloo_advantage",
+    "trajectory_index",
+]
+
+Normalize = Literal["mean_std", "mean", "none"]
+_NORMALIZE_MODES = ("mean_std", "mean", "none")
+
+
+# ---------------------------------------------------------------------------
+# input checks
+# ---------------------------------------------------------------------------
+def _flat(name: str, x: Tensor, n_ref: int | None = None) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}.")
+    if x.ndim == 2 and x.shape[-1] == 1:
+        x = x.reshape(-1)
+    elif x.ndim != 1:
+        raise ValueError(
+            f"{name} must have shape [N] or [N, 1] (one row per step), got {tuple(x.shape)}."
+        )
+    if n_ref is not None and x.numel() != n_ref:
+        raise ValueError(
+            f"{name} has {x.numel()} steps but reward has {n_ref}: every input must "
+            "hold one row per step."
+        )
+    return x
+
+
+def _check_reward(reward: Tensor) -> Tensor:
+    r = _flat("reward", reward)
+    if not r.is_floating_point():
+        raise ValueError(f"reward must be a floating-point tensor, got {r.dtype}.")
+    if r.numel() and not bool(torch.isfinite(r).all()):
+        bad = int((~torch.isfinite(r)).nonzero()[0])
+        raise ValueError(
+            f"reward contains NaN or inf (first at step {bad}); fix the environment "
+            "reward before estimating advantages."
+        )
+    return r
+
+
+def _check_done(done: Tensor, reward: Tensor) -> Tensor:
+    d = _flat("done", done, reward.numel())
+    if d.dtype != torch.bool:
+        raise ValueError(f"done must be a bool tensor, got {d.dtype}.")
+    if d.device != reward.device:
+        raise ValueError(f"done is on {d.device} but reward is on {reward.device}.")
+    if d.numel() and not bool(d[-1]):
+        raise ValueError(
+            "the last step is not done: every trajectory must be complete and end "
+            "with done=True (collect whole trajectories, or split them on "
+            "('next', 'done'))."
+        )
+    return d
+
+
+def _check_ids(name: str, ids: Tensor, reward: Tensor) -> Tensor:
+    i = _flat(name, ids, reward.numel())
+    if i.dtype == torch.bool or i.is_floating_point() or i.is_complex():
+        raise ValueError(f"{name} must be an integer tensor (int64), got {i.dtype}.")
+    if i.device != reward.device:
+        raise ValueError(f"{name} is on {i.device} but reward is on {reward.device}.")
+    return i.long()
+
+
+def _check_group_structure(group_id: Tensor, done: Tensor) -> None:
+    if group_id.numel() < 2:
+        return
+    changes = (group_id[1:] != group_id[:-1]) & ~done[:-1]
+    if bool(changes.any()):
+        step = int(changes.nonzero()[0]) + 1
+        raise ValueError(
+            f"group_id changes at step {step} inside a trajectory (the previous step "
+            "is not done): a trajectory's last step must be done and all its steps "
+            "must share one group_id."
+        )
+
+
+def _check_normalize(normalize: str, eps: float) -> None:
+    if normalize not in _NORMALIZE_MODES:
+        raise ValueError(f"normalize must be one of {_NORMALIZE_MODES}, got {normalize!r}.")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}.")
+
+
+def _check_unit(name: str, value: float) -> float:
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1], got {value}.")
+    return value
+
+
+def _prepare(reward: Tensor, done: Tensor, group_id: Tensor | None = None):
+    r = _check_reward(reward)
+    d = _check_done(done, r)
+    g = None
+    if group_id is not None:
+        g = _check_ids("group_id", group_id, r)
+        _check_group_structure(g, d)
+    return r, d, g
+
+
+# ---------------------------------------------------------------------------
+# building blocks
+# ---------------------------------------------------------------------------
+def trajectory_index(done: Tensor) -> Tensor:
+    """Index of the trajectory each step belongs to (0, 1, ... in batch order).
+
+    Args:
+        done (Tensor): bool ``[N]``; ``True`` on the last step of each trajectory.
+
+    Examples:
+        >>> trajectory_index(torch.tensor([False, True, True, False, True])).tolist()
+        [0, 0, 1, 2, 2]
+    """
+    d = done.reshape(-1).long()
+    return torch.cumsum(d, 0) - d
+
+
+def _dense(ids: Tensor) -> tuple[Tensor, int]:
+    """Map arbitrary int64 ids to ``0..K-1`` (sorted order); returns ``(index, K)``."""
+    uniq, inverse = torch.unique(ids, return_inverse=True)
+    return inverse, uniq.numel()
+
+
+def _pair_index(a: Tensor, b: Tensor) -> tuple[Tensor, int]:
+    """Dense index of the pairs ``(a_i, b_i)`` without a slow ``unique(dim=0)``."""
+    ia, _ = _dense(a)
+    ib, nb = _dense(b)
+    return _dense(ia * nb + ib)
+
+
+def _segment_mean_std(x: Tensor, index: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-segment count, mean and sample std (two-pass, no cancellation)."""
+    count = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, index, torch.ones_like(x))
+    mean = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, index, x) / count
+    sq = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, index, (x - mean[index]) ** 2)
+    std = torch.sqrt(sq / (count - 1).clamp_min(1))
+    return count, mean, std
+
+
+def _normalize_segments(
+    x: Tensor,
+    index: Tensor,
+    n: int,
+    normalize: str,
+    eps: float,
+    singleton_mean_zero: bool = False,
+) -> Tensor:
+    """Normalise ``x`` within the segments given by a dense ``index``."""
+    if normalize == "none" or x.numel() == 0:
+        return x
+    count, mean, std = _segment_mean_std(x, index, n)
+    single = count < 2
+    mean = torch.where(single, torch.zeros_like(mean) if singleton_mean_zero else mean, mean)
+    std = torch.where(single, torch.ones_like(std), std)
+    centred = x - mean[index]
+    if normalize == "mean":
+        return centred
+    return centred / (std[index] + eps)
+
+
+def group_normalize(
+    x: Tensor,
+    group_id: Tensor,
+    normalize: Normalize = "mean_std",
+    eps: float = 1e-6,
+) -> Tensor:
+    """Normalise ``x`` within the rows that share a ``group_id``.
+
+    Follows the module's normalisation rules (a set of one value gives 0).
+
+    Args:
+        x (Tensor): float ``[N]`` or ``[N, 1]``.
+        group_id (Tensor): int64, same shape.
+        normalize (str): ``"mean_std"``, ``"mean"`` or ``"none"``.
+        eps (float): added to the std.
+
+    Examples:
+        >>> x = torch.tensor([1.0, 3.0, 5.0])
+        >>> group_normalize(x, torch.tensor([0, 0, 1])).tolist()
+        [-0.7071062922477722, 0.7071062922477722, 0.0]
+    """
+    _check_normalize(normalize, eps)
+    v = _check_reward(x)
+    g = _check_ids("group_id", group_id, v)
+    index, n = _dense(g)
+    return _normalize_segments(v, index, n, normalize, eps).view_as(x)
+
+
+def _reverse_discounted_scan(x: Tensor, done: Tensor, factor: Tensor | float) -> Tensor:
+    """``y_t = x_t + factor * y_{t+1}`` inside each trajectory (``y := 0`` after done).
+
+    Steps are processed level by level, ``k`` steps before the end of their
+    trajectory, so the loop runs ``max_len`` times and each iteration updates
+    every trajectory at once.
+    """
+    n = x.numel()
+    if n == 0:
+        return x.clone()
+    ends = done.nonzero().reshape(-1)
+    steps_to_end = ends[trajectory_index(done)] - torch.arange(n, device=x.device)
+    order = torch.argsort(steps_to_end, stable=True)
+    counts = torch.bincount(steps_to_end).tolist()
+    y = x.clone()
+    start = counts[0]
+    for count in counts[1:]:
+        rows = order[start : start + count]
+        y[rows] = x[rows] + factor * y[rows + 1]
+        start += count
+    return y
+
+
+# ---------------------------------------------------------------------------
+# public kernels
+# ---------------------------------------------------------------------------
+def discounted_returns(reward: Tensor, done: Tensor, gamma: float) -> Tensor:
+    """Discounted return-to-go ``G_t = sum_k gamma^(k-t) r_k`` within each trajectory.
+
+    Args:
+        reward (Tensor): float ``[N]`` or ``[N, 1]``.
+        done (Tensor): bool, same shape; ``True`` on each trajectory's last step.
+        gamma (float): discount in ``[0, 1]``.
+
+    Examples:
+        >>> r = torch.tensor([0.0, 0.0, 10.0, 1.0])
+        >>> d = torch.tensor([False, False, True, True])
+        >>> discounted_returns(r, d, 0.5).tolist()
+        [2.5, 5.0, 10.0, 1.0]
+    """
+    gamma = _check_unit("gamma", gamma)
+    r, d, _ = _prepare(reward, done)
+    return _reverse_discounted_scan(r, d, gamma).view_as(reward)
+
+
+def grouped_value_proxy(returns: Tensor, state_key: Tensor, group_id: Tensor) -> Tensor:
+    """Mean of ``returns`` over all steps with the same ``(group_id, state_key)``.
+
+    Every occurrence counts: a state visited twice in one trajectory contributes
+    twice. The result is broadcast back to every step.
+
+    Args:
+        returns (Tensor): float ``[N]`` or ``[N, 1]``, e.g. :func:`discounted_returns`.
+        state_key (Tensor): int64, same shape.
+        group_id (Tensor): int64, same shape.
+
+    Examples:
+        >>> G = torch.tensor([1.0, 3.0, 4.0, 8.0])
+        >>> s = torch.tensor([7, 7, 9, 7])
+        >>> grouped_value_proxy(G, s, torch.tensor([0, 0, 0, 1])).tolist()
+        [2.0, 2.0, 4.0, 8.0]
+    """
+    g_ret = _check_reward(returns)
+    s = _check_ids("state_key", state_key, g_ret)
+    g = _check_ids("group_id", group_id, g_ret)
+    index, n = _pair_index(g, s)
+    _, mean, _ = _segment_mean_std(g_ret, index, n)
+    return mean[index].view_as(returns)
+
+
+def _next_in_trajectory(value: Tensor, done: Tensor) -> Tensor:
+    """``value`` of the trajectory's next step, 0 after its last step."""
+    nxt = torch.zeros_like(value)
+    nxt[:-1] = value[1:]
+    return nxt.masked_fill(done, 0.0)
+
+
+def _gagpo_raw(
+    r: Tensor, d: Tensor, s: Tensor, g: Tensor, gamma: float, lmbda: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Unnormalised GAGPO advantage, value proxy and next-step value (flat, checked)."""
+    returns = _reverse_discounted_scan(r, d, gamma)
+    index, n = _pair_index(g, s)
+    _, mean, _ = _segment_mean_std(returns, index, n)
+    value = mean[index]
+    next_value = _next_in_trajectory(value, d)
+    delta = r + gamma * next_value - value
+    advantage = _reverse_discounted_scan(delta, d, gamma * lmbda)
+    return advantage, value, next_value
+
+
+def gagpo_advantage(
+    reward: Tensor,
+    done: Tensor,
+    state_key: Tensor,
+    group_id: Tensor,
+    *,
+    gamma: float = 0.95,
+    lmbda: float = 0.8,
+    normalize: Normalize = "mean_std",
+    eps: float = 1e-6,
+) -> Tensor:
+    """GAGPO advantage: GAE over a grouped, non-parametric value proxy.
+
+    ::
+
+        G_t   = sum_k gamma^(k-t) r_k                         (return-to-go)
+        V(s)  = mean{G_t : same (group_id, state_key) = s}     (value proxy)
+        d_t   = r_t + gamma * V(s_{t+1}) - V(s_t)              (V := 0 after the last step)
+        A_t   = d_t + gamma * lmbda * A_{t+1}                  (A := 0 after the last step)
+        A     <- normalised over all steps sharing a group_id
+
+    ``lmbda=1`` gives ``G_t - V(s_t)`` (Monte-Carlo), ``lmbda=0`` one-step TD.
+
+    Args:
+        reward (Tensor): float ``[N]`` or ``[N, 1]``.
+        done (Tensor): bool, same shape.
+        state_key (Tensor): int64, same shape; the state *before* each step's action.
+        group_id (Tensor): int64, same shape.
+
+    Keyword Args:
+        gamma (float): discount. Defaults to ``0.95``.
+        lmbda (float): GAE trace parameter. Defaults to ``0.8``.
+        normalize (str): ``"mean_std"`` (default), ``"mean"`` or ``"none"``.
+        eps (float): added to the std. Defaults to ``1e-6``.
+
+    Examples:
+        >>> r = torch.tensor([0.0, 10.0, 0.0, 0.0])
+        >>> d = torch.tensor([False, True, False, True])
+        >>> s = torch.tensor([0, 1, 0, 2])
+        >>> A = gagpo_advantage(r, d, s, torch.zeros(4, dtype=torch.long), normalize="none")
+        >>> [round(a, 4) for a in A.tolist()]
+        [4.75, 0.0, -4.75, 0.0]
+    """
+    gamma = _check_unit("gamma", gamma)
+    lmbda = _check_unit("lmbda", lmbda)
+    _check_normalize(normalize, eps)
+    r, d, g = _prepare(reward, done, group_id)
+    s = _check_ids("state_key", state_key, r)
+    advantage, _, _ = _gagpo_raw(r, d, s, g, gamma, lmbda)
+    index, n = _dense(g)
+    return _normalize_segments(advantage, index, n, normalize, eps).view_as(reward)
+
+
+def _trajectory_sums(r: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-trajectory reward sums and the trajectory index of every step."""
+    traj = trajectory_index(d)
+    n_traj = int(d.sum())
+    sums = torch.zeros(n_traj, dtype=r.dtype, device=r.device).index_add_(0, traj, r)
+    return sums, traj
+
+
+def _per_trajectory_groups(g: Tensor, d: Tensor) -> tuple[Tensor, int]:
+    """Dense group index of each trajectory (read on its last step)."""
+    return _dense(g[d])
+
+
+def gigpo_advantage(
+    reward: Tensor,
+    done: Tensor,
+    state_key: Tensor,
+    group_id: Tensor,
+    *,
+    gamma: float = 0.95,
+    step_weight: float = 1.0,
+    normalize: Normalize = "mean_std",
+    episode_stats: Literal["trajectory", "step"] = "trajectory",
+    eps: float = 1e-6,
+) -> Tensor:
+    """GiGPO advantage: episode term plus ``step_weight`` times the anchor-state step term.
+
+    ::
+
+        A^E(tau_i) = normalise_group(R_i),  R_i = sum_t r_t (undiscounted)
+        A^S_t      = normalise_{(group_id, state_key)}(G_t)
+        A_t        = A^E + step_weight * A^S_t
+
+    ``episode_stats="trajectory"`` takes the group statistics over one value per
+    trajectory (the paper); ``"step"`` over every step row (the official code's
+    default, longer trajectories weigh more). A set of one value uses mean 0 and
+    std 1 for the episode term (official code), so it passes ``R`` through.
+
+    Args:
+        reward (Tensor): float ``[N]`` or ``[N, 1]``.
+        done (Tensor): bool, same shape.
+        state_key (Tensor): int64, same shape.
+        group_id (Tensor): int64, same shape.
+
+    Keyword Args:
+        gamma (float): discount of the step term's return. Defaults to ``0.95``.
+        step_weight (float): weight ``omega`` of the step term. Defaults to ``1.0``.
+        normalize (str): for both terms. Defaults to ``"mean_std"``.
+        episode_stats (str): ``"trajectory"`` (default) or ``"step"``.
+        eps (float): added to the std. Defaults to ``1e-6``.
+
+    Examples:
+        >>> r = torch.tensor([0.0, 10.0, 0.0, 0.0])
+        >>> d = torch.tensor([False, True, False, True])
+        >>> s = torch.tensor([0, 1, 0, 2])
+        >>> A = gigpo_advantage(r, d, s, torch.zeros(4, dtype=torch.long), normalize="mean")
+        >>> A.tolist()
+        [9.75, 5.0, -9.75, -5.0]
+    """
+    gamma = _check_unit("gamma", gamma)
+    _check_normalize(normalize, eps)
+    if episode_stats not in ("trajectory", "step"):
+        raise ValueError(f"episode_stats must be 'trajectory' or 'step', got {episode_stats!r}.")
+    step_weight = float(step_weight)
+    if not step_weight >= 0:
+        raise ValueError(f"step_weight must be >= 0, got {step_weight}.")
+    r, d, g = _prepare(reward, done, group_id)
+    s = _check_ids("state_key", state_key, r)
+    sums, traj = _trajectory_sums(r, d)
+    if episode_stats == "trajectory":
+        tg, n = _per_trajectory_groups(g, d)
+        episode = _normalize_segments(sums, tg, n, normalize, eps, singleton_mean_zero=True)[traj]
+    else:
+        index, n = _dense(g)
+        episode = _normalize_segments(sums[traj], index, n, normalize, eps, singleton_mean_zero=True)
+    returns = _reverse_discounted_scan(r, d, gamma)
+    index, n = _pair_index(g, s)
+    step = _normalize_segments(returns, index, n, normalize, eps)
+    return (episode + step_weight * step).view_as(reward)
+
+
+def grpo_advantage(
+    reward: Tensor,
+    done: Tensor,
+    group_id: Tensor,
+    *,
+    normalize: Normalize = "mean_std",
+    eps: float = 1e-6,
+) -> Tensor:
+    """GRPO advantage: trajectory reward sums normalised across the group, broadcast to steps.
+
+    Args:
+        reward (Tensor): float ``[N]`` or ``[N, 1]``.
+        done (Tensor): bool, same shape.
+        group_id (Tensor): int64, same shape.
+
+    Keyword Args:
+        normalize (str): ``"mean_std"`` (default), ``"mean"`` or ``"none"``.
+        eps (float): added to the std. Defaults to ``1e-6``.
+
+    Examples:
+        >>> r = torch.tensor([0.0, 1.0, 0.0])
+        >>> d = torch.tensor([False, True, True])
+        >>> grpo_advantage(r, d, torch.zeros(3, dtype=torch.long), normalize="mean").tolist()
+        [0.5, 0.5, -0.5]
+    """
+    _check_normalize(normalize, eps)
+    r, d, g = _prepare(reward, done, group_id)
+    sums, traj = _trajectory_sums(r, d)
+    tg, n = _per_trajectory_groups(g, d)
+    return _normalize_segments(sums, tg, n, normalize, eps)[traj].view_as(reward)
+
+
+def rloo_advantage(reward: Tensor, done: Tensor, group_id: Tensor) -> Tensor:
+    """RLOO advantage: ``R_i`` minus the mean of the other trajectories' ``R`` in the group.
+
+    Broadcast to every step; 0 for a group with a single trajectory.
+
+    Args:
+        reward (Tensor): float ``[N]`` or ``[N, 1]``.
+        done (Tensor): bool, same shape.
+        group_id (Tensor): int64, same shape.
+
+    Examples:
+        >>> r = torch.tensor([0.0, 3.0, 0.0, 6.0])
+        >>> d = torch.tensor([False, True, True, True])
+        >>> rloo_advantage(r, d, torch.zeros(4, dtype=torch.long)).tolist()
+        [0.0, 0.0, -4.5, 4.5]
+    """
+    r, d, g = _prepare(reward, done, group_id)
+    sums, traj = _trajectory_sums(r, d)
+    tg, n = _per_trajectory_groups(g, d)
+    count = torch.zeros(n, dtype=r.dtype, device=r.device).index_add_(0, tg, torch.ones_like(sums))
+    total = torch.zeros(n, dtype=r.dtype, device=r.device).index_add_(0, tg, sums)
+    c = count[tg]
+    loo = torch.where(c > 1, sums - (total[tg] - sums) / (c - 1).clamp_min(1), torch.zeros_like(sums))
+    return loo[traj].view_as(reward)

@@ -1,0 +1,160 @@
+"""Plain-Python loop references of every kernel in :mod:`torchrl_gagpo.functional`.
+
+These follow the equations line by line, with dictionaries keyed by group and
+state the way the official GiGPO code groups steps. They are the oracle for the
+tests and the baseline of ``benchmarks/advantage_speed.py``; never use them in
+training code. Inputs and outputs are Python lists (one entry per step).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+__all__ = [
+    "discounted_returns_loop",
+    "gagpo_advantage_loop",
+    "gigpo_advantage_loop",
+    "grouped_value_proxy_loop",
+    "grpo_advantage_loop",
+    "normalize_loop",
+    "rloo_advantage_loop",
+    "split_trajectories",
+]
+
+
+def split_trajectories(done: list[bool]) -> list[list[int]]:
+    """Step indices of each trajectory, split after every ``done``."""
+    trajectories, current = [], []
+    for t, d in enumerate(done):
+        current.append(t)
+        if d:
+            trajectories.append(current)
+            current = []
+    if current:
+        raise ValueError("the last trajectory does not end with done=True")
+    return trajectories
+
+
+def _stats(values: list[float], singleton_mean_zero: bool = False) -> tuple[float, float]:
+    if len(values) < 2:
+        return (0.0 if singleton_mean_zero else values[0]), 1.0
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(var)
+
+
+def normalize_loop(
+    value: float, values: list[float], normalize: str, eps: float, singleton_mean_zero: bool = False
+) -> float:
+    """Normalise one ``value`` against the set ``values`` it belongs to."""
+    if normalize == "none":
+        return value
+    mean, std = _stats(values, singleton_mean_zero)
+    if normalize == "mean":
+        return value - mean
+    return (value - mean) / (std + eps)
+
+
+def discounted_returns_loop(reward: list[float], done: list[bool], gamma: float) -> list[float]:
+    out = [0.0] * len(reward)
+    for traj in split_trajectories(done):
+        running = 0.0
+        for t in reversed(traj):
+            running = reward[t] + gamma * running
+            out[t] = running
+    return out
+
+
+def grouped_value_proxy_loop(
+    returns: list[float], state_key: list[int], group_id: list[int]
+) -> list[float]:
+    buckets: dict[tuple[int, int], list[float]] = defaultdict(list)
+    for g, s, ret in zip(group_id, state_key, returns):
+        buckets[(g, s)].append(ret)
+    return [sum(buckets[(g, s)]) / len(buckets[(g, s)]) for g, s in zip(group_id, state_key)]
+
+
+def gagpo_advantage_loop(
+    reward, done, state_key, group_id, gamma=0.95, lmbda=0.8, normalize="mean_std", eps=1e-6
+) -> list[float]:
+    returns = discounted_returns_loop(reward, done, gamma)
+    value = grouped_value_proxy_loop(returns, state_key, group_id)
+    raw = [0.0] * len(reward)
+    for traj in split_trajectories(done):
+        running = 0.0
+        for i in reversed(range(len(traj))):
+            t = traj[i]
+            next_value = value[traj[i + 1]] if i + 1 < len(traj) else 0.0
+            delta = reward[t] + gamma * next_value - value[t]
+            running = delta + gamma * lmbda * running
+            raw[t] = running
+    per_group: dict[int, list[float]] = defaultdict(list)
+    for g, a in zip(group_id, raw):
+        per_group[g].append(a)
+    return [normalize_loop(a, per_group[g], normalize, eps) for g, a in zip(group_id, raw)]
+
+
+def _trajectory_returns(reward, done, group_id):
+    """``(steps, group, undiscounted sum)`` for every trajectory."""
+    return [
+        (traj, group_id[traj[-1]], sum(reward[t] for t in traj))
+        for traj in split_trajectories(done)
+    ]
+
+
+def gigpo_advantage_loop(
+    reward,
+    done,
+    state_key,
+    group_id,
+    gamma=0.95,
+    step_weight=1.0,
+    normalize="mean_std",
+    episode_stats="trajectory",
+    eps=1e-6,
+) -> list[float]:
+    trajectories = _trajectory_returns(reward, done, group_id)
+    pool: dict[int, list[float]] = defaultdict(list)
+    for traj, g, total in trajectories:
+        pool[g].extend([total] * (len(traj) if episode_stats == "step" else 1))
+    episode = [0.0] * len(reward)
+    for traj, g, total in trajectories:
+        a = normalize_loop(total, pool[g], normalize, eps, singleton_mean_zero=True)
+        for t in traj:
+            episode[t] = a
+    returns = discounted_returns_loop(reward, done, gamma)
+    anchors: dict[tuple[int, int], list[float]] = defaultdict(list)
+    for g, s, ret in zip(group_id, state_key, returns):
+        anchors[(g, s)].append(ret)
+    return [
+        episode[t] + step_weight * normalize_loop(returns[t], anchors[(g, s)], normalize, eps)
+        for t, (g, s) in enumerate(zip(group_id, state_key))
+    ]
+
+
+def grpo_advantage_loop(reward, done, group_id, normalize="mean_std", eps=1e-6) -> list[float]:
+    trajectories = _trajectory_returns(reward, done, group_id)
+    pool: dict[int, list[float]] = defaultdict(list)
+    for _, g, total in trajectories:
+        pool[g].append(total)
+    out = [0.0] * len(reward)
+    for traj, g, total in trajectories:
+        a = normalize_loop(total, pool[g], normalize, eps)
+        for t in traj:
+            out[t] = a
+    return out
+
+
+def rloo_advantage_loop(reward, done, group_id) -> list[float]:
+    trajectories = _trajectory_returns(reward, done, group_id)
+    pool: dict[int, list[float]] = defaultdict(list)
+    for _, g, total in trajectories:
+        pool[g].append(total)
+    out = [0.0] * len(reward)
+    for traj, g, total in trajectories:
+        others = len(pool[g]) - 1
+        a = total - (sum(pool[g]) - total) / others if others else 0.0
+        for t in traj:
+            out[t] = a
+    return out
