@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tensordict import TensorDict, TensorDictBase, lazy_stack
+from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Categorical, Composite, NonTensor, Unbounded
 from torchrl.data.llm import History
 from torchrl.envs.llm import ChatEnv
@@ -29,11 +29,12 @@ from torchrl_gagpo._utils import normalize_text, state_digest
 __all__ = ["GameState", "TextAgentEnv", "parse_action"]
 
 MAX_RESPONSE_CHARS = 10_000
-_ACTION_RE = re.compile(r"<action>(.*?)</action>", re.IGNORECASE | re.DOTALL)
-_OPEN_RE = re.compile(r"<action>", re.IGNORECASE)
-_CLOSE_RE = re.compile(r"</action>", re.IGNORECASE)
+_TAGS = re.IGNORECASE | re.DOTALL | re.ASCII
+_ACTION_RE = re.compile(r"<action>(.*?)</action>", _TAGS)
+_OPEN_RE = re.compile(r"<action>", _TAGS)
+_CLOSE_RE = re.compile(r"</action>", _TAGS)
 _ROLE_MARKERS = re.compile(
-    r"<\|(im_start|im_end|endoftext|eot_id|start_header_id|end_header_id)\|>", re.IGNORECASE
+    r"<\|(im_start|im_end|endoftext|eot_id|start_header_id|end_header_id)\|>", re.IGNORECASE | re.ASCII
 )
 
 
@@ -44,29 +45,29 @@ def parse_action(text: Any, admissible: Sequence[str]) -> tuple[str, bool]:
     whitespace-collapsed and matched case-insensitively against ``admissible``.
     Anything else is invalid: no or unbalanced tags, several actions, an empty
     or inadmissible action, a reply longer than 10,000 characters, undecodable
-    bytes (U+FFFD) or injected chat-role markers. For an invalid reply the
-    command is what the engine receives instead (the tag content, or the
-    reply's last 30 characters when there is no tag, as verl-agent does); the
-    engine answers it like any unknown command.
+    bytes (U+FFFD), NUL characters or injected chat-role markers. The command
+    of an invalid reply is still what the engine receives, as in verl-agent:
+    the tag content, or the reply's last 30 characters when there is no single
+    tag, with role markers and undecodable characters removed. The engine
+    answers it like any other command (an inadmissible one changes nothing).
 
     Examples:
         >>> parse_action("<think>hm</think><action> Go  Forward </action>", ["go forward", "look"])
         ('go forward', True)
         >>> parse_action("<action>fly</action>", ["go forward"])
         ('fly', False)
-        >>> parse_action("<action>look</action><action>look</action>", ["look"])[1]
-        False
+        >>> parse_action("<action>look</action><action>look</action>", ["look"])
+        ('look', False)
     """
     if not isinstance(text, str):
         return "", False
-    text = text.replace("\x00", "")
-    if len(text) > MAX_RESPONSE_CHARS:
-        return normalize_text(text[-30:]).lower(), False
-    matches = _ACTION_RE.findall(text)
-    tagged = len(matches) == 1 and len(_OPEN_RE.findall(text)) == 1 and len(_CLOSE_RE.findall(text)) == 1
-    command = normalize_text(matches[-1] if matches else text[-30:]).lower()
-    command = _ROLE_MARKERS.sub(" ", command).replace("\ufffd", "").strip()
-    if not tagged or not command or "\ufffd" in text or _ROLE_MARKERS.search(text):
+    clean = _ROLE_MARKERS.sub(" ", text).replace("\ufffd", "").replace("\x00", "")
+    too_long = len(text) > MAX_RESPONSE_CHARS
+    window = clean[-30:] if too_long else clean
+    matches = _ACTION_RE.findall(window)
+    tagged = len(matches) == 1 and len(_OPEN_RE.findall(window)) == 1 and len(_CLOSE_RE.findall(window)) == 1
+    command = normalize_text(matches[-1] if matches else window[-30:]).lower()
+    if not tagged or not command or too_long or clean != text:
         return command, False
     lookup = {normalize_text(a).lower(): a for a in admissible}
     if command in lookup:
@@ -232,14 +233,18 @@ class TextAgentEnv(ChatEnv):
             self._task_rng.shuffle(self._task_order)
         return self._task_order.pop()
 
-    def _next_member(self, tensordict: TensorDictBase | None) -> tuple[int, int]:
+    def _next_member(self, tensordict: TensorDictBase | None) -> tuple[int, int, bool]:
+        """``(task_id, group_id, forced)`` of the episode a reset starts."""
         if tensordict is not None and tensordict.get("task_id", None) is not None and tensordict.get("group_id", None) is not None:
-            return int(tensordict.get("task_id").reshape(-1)[0]), int(tensordict.get("group_id").reshape(-1)[0])
+            task_id = int(tensordict.get("task_id").reshape(-1)[0])
+            if not 0 <= task_id < self.num_tasks:
+                raise ValueError(f"task_id {task_id} is out of range: this env has {self.num_tasks} tasks.")
+            return task_id, int(tensordict.get("group_id").reshape(-1)[0]), True
         if self._group is None or self._completed_in_group >= self.group_size:
             self._group = (self._draw_task(), (self.seed_value << 32) + self._next_group)
             self._next_group += 1
             self._completed_in_group = 0
-        return self._group
+        return (*self._group, False)
 
     def episode_seed(self, task_id: int, group_id: int) -> int:
         """Seed of the engine for one group: every member starts identically."""
@@ -296,11 +301,12 @@ class TextAgentEnv(ChatEnv):
 
     # -- EnvBase -----------------------------------------------------------------------
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
-        task_id, group_id = self._next_member(tensordict)
+        task_id, group_id, forced = self._next_member(tensordict)
         state = self._game_reset(task_id, self.episode_seed(task_id, group_id))
         self._episode = {
             "task_id": task_id,
             "group_id": group_id,
+            "forced": forced,
             "task": self.task_description(task_id),
             "turn": 0,
             "memory": deque(maxlen=max(self.history_length, 1)),
@@ -328,7 +334,7 @@ class TextAgentEnv(ChatEnv):
         terminated = bool(state.won)
         truncated = ep["turn"] >= self.max_steps and not terminated
         reward = self.success_reward * terminated - (0.0 if valid else self.invalid_action_penalty)
-        if terminated or truncated:
+        if (terminated or truncated) and not ep["forced"]:
             self._completed_in_group += 1
         return self._observe(state, reward=reward, invalid=not valid, done=(terminated, truncated))
 
@@ -338,7 +344,3 @@ class TextAgentEnv(ChatEnv):
             self._task_rng = random.Random(f"tasks/{seed}")
             self._task_order, self._group, self._next_group = [], None, 0
 
-
-def stack_steps(steps: list[TensorDictBase]) -> TensorDictBase:
-    """Concatenate per-step tensordicts of shape ``(1,)`` into one ``[N]`` lazy stack."""
-    return lazy_stack([s for step in steps for s in step.unbind(0)])

@@ -63,10 +63,7 @@ class ToyGame:
     """
 
     def __init__(self, task: ToyTask, *, slip: float = 0.0, distractors: int = 2, seed: int = 0) -> None:
-        if not 0.0 <= slip < 1.0:
-            raise ValueError(f"slip must lie in [0, 1), got {slip}.")
-        if not 0 <= distractors <= len(DISTRACTORS):
-            raise ValueError(f"distractors must lie in [0, {len(DISTRACTORS)}], got {distractors}.")
+        check_game_options(slip, distractors)
         self.task = task
         self.slip = slip
         self.actions = [FORWARD, BACK, *DISTRACTORS[:distractors]]
@@ -90,6 +87,14 @@ class ToyGame:
         elif command == BACK:
             self.position = max(self.position - 1, 0)
         return self._state()
+
+
+def check_game_options(slip: float, distractors: int) -> None:
+    """Raise ``ValueError`` for a slip outside ``[0, 1)`` or an unknown number of distractors."""
+    if not 0.0 <= slip < 1.0:
+        raise ValueError(f"slip must lie in [0, 1), got {slip}.")
+    if isinstance(distractors, bool) or not isinstance(distractors, int) or not 0 <= distractors <= len(DISTRACTORS):
+        raise ValueError(f"distractors must be an int in [0, {len(DISTRACTORS)}], got {distractors!r}.")
 
 
 def make_tasks(num_tasks: int, min_rooms: int, max_rooms: int, seed: int = 0) -> list[ToyTask]:
@@ -123,7 +128,7 @@ class ToyTextEnv(TextAgentEnv):
         >>> td = env.reset()
         >>> td["observation"][0].startswith("You are in the")
         True
-        >>> td["admissible_actions"][0]
+        >>> list(td["admissible_actions"][0])
         ['go forward', 'go back', 'look around', 'check inventory']
     """
 
@@ -143,6 +148,7 @@ class ToyTextEnv(TextAgentEnv):
         tasks: Sequence[ToyTask] | None = None,
         **kwargs,
     ) -> None:
+        check_game_options(slip, distractors)
         self.tasks = list(tasks) if tasks is not None else make_tasks(num_tasks, min_rooms, max_rooms, seed)
         if not self.tasks:
             raise ValueError("ToyTextEnv needs at least one task.")

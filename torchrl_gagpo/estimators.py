@@ -85,8 +85,8 @@ def _flat(td: TensorDictBase, key: NestedKey) -> torch.Tensor:
     return value.reshape(-1)
 
 
-def _write(td: TensorDictBase, key: NestedKey, value: torch.Tensor) -> None:
-    td.set(key, value.reshape(*td.batch_size, 1))
+def _write(td: TensorDictBase, key: NestedKey, value: torch.Tensor, extra: tuple = ()) -> None:
+    td.set(key, value.reshape(*td.batch_size, 1, *extra))
 
 
 class _GroupedEstimatorBase(ValueEstimatorBase):
@@ -96,11 +96,20 @@ class _GroupedEstimatorBase(ValueEstimatorBase):
     default_keys = _GroupKeys
     _writes_values = False
 
-    def __init__(self, *, group_size: int | None = None, device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        group_size: int | None = None,
+        advantage_shape: Literal["step", "token"] = "step",
+        device: torch.device | None = None,
+    ) -> None:
         super().__init__(value_network=None, device=device)
         if group_size is not None and (isinstance(group_size, bool) or int(group_size) < 1):
             raise ValueError(f"group_size must be a positive int or None, got {group_size!r}.")
+        if advantage_shape not in ("step", "token"):
+            raise ValueError(f"advantage_shape must be 'step' or 'token', got {advantage_shape!r}.")
         self.group_size = None if group_size is None else int(group_size)
+        self.advantage_shape = advantage_shape
 
     def set_keys(self, **kwargs) -> None:  # noqa: D102 (documented on the base class)
         self._tensor_keys = _set_keys(self._tensor_keys, self.default_keys, type(self).__name__, **kwargs)
@@ -119,23 +128,25 @@ class _GroupedEstimatorBase(ValueEstimatorBase):
 
     def _check_whole_groups(self, td: TensorDictBase, done: torch.Tensor, group_id: torch.Tensor) -> None:
         """Refuse a batch that holds only part of a rollout group."""
-        expected = None
         recorded = td.get(self.tensor_keys.group_size, None)
         if recorded is not None and recorded.numel() == td.numel():
-            expected = recorded.reshape(-1)[done]
+            expected_rows = recorded.reshape(-1).long()
         elif self.group_size is not None:
-            expected = torch.full_like(group_id[done], self.group_size)
-        if expected is None or not bool(done.any()):
+            expected_rows = torch.full_like(group_id, self.group_size)
+        else:
             return
-        gid = group_id[done]
-        uniq, inverse = torch.unique(gid, return_inverse=True)
-        counts = torch.bincount(inverse)[inverse]
-        bad = counts != expected
+        index, n = F._dense(group_id)
+        complete = torch.bincount(index[done], minlength=n)
+        expected = torch.zeros(n, dtype=torch.long, device=index.device).scatter_reduce_(
+            0, index, expected_rows, "amax", include_self=False
+        )
+        bad = complete != expected
         if bool(bad.any()):
-            i = int(bad.nonzero()[0])
+            g = int(bad.nonzero()[0])
+            gid = int(group_id[index == g][0])
             raise ValueError(
-                f"the batch splits rollout group {int(gid[i])}: it holds {int(counts[i])} of its "
-                f"{int(expected[i])} trajectories. Estimate advantages on whole groups (for "
+                f"the batch splits rollout group {gid}: it holds {int(complete[g])} complete of its "
+                f"{int(expected[g])} trajectories. Estimate advantages on whole groups (for "
                 "example inside StateKeyGrouping, before sampling minibatches)."
             )
 
@@ -153,7 +164,8 @@ class _GroupedEstimatorBase(ValueEstimatorBase):
         if done.dtype == torch.bool:
             self._check_whole_groups(tensordict, done, group_id)
         for key, value in self._compute(tensordict, reward, done, group_id).items():
-            _write(tensordict, key, value)
+            token_dim = key == k.advantage and self.advantage_shape == "token"
+            _write(tensordict, key, value, (1,) if token_dim else ())
         return tensordict
 
     def _compute(self, td, reward, done, group_id) -> dict[NestedKey, torch.Tensor]:
@@ -181,6 +193,9 @@ class GroupedGAE(_GroupedEstimatorBase):
         group_size (int, optional): trajectories per group; when given (or when the
             batch carries ``group_size``, as written by ``StateKeyGrouping``) a batch
             that splits a group raises ``ValueError``.
+        advantage_shape (str): ``"step"`` writes ``advantage`` as ``[*B, 1]``;
+            ``"token"`` as ``[*B, 1, 1]``, which torchrl's ``GRPOLoss`` broadcasts
+            over the tokens of each action. Defaults to ``"step"``.
         device (torch.device, optional): device of the ``gamma``/``lmbda`` buffers.
 
     Examples:
@@ -208,9 +223,10 @@ class GroupedGAE(_GroupedEstimatorBase):
         normalize: F.Normalize = "mean_std",
         eps: float = 1e-6,
         group_size: int | None = None,
+        advantage_shape: Literal["step", "token"] = "step",
         device: torch.device | None = None,
     ) -> None:
-        super().__init__(group_size=group_size, device=device)
+        super().__init__(group_size=group_size, advantage_shape=advantage_shape, device=device)
         F._check_unit("gamma", gamma)
         F._check_unit("lmbda", lmbda)
         F._check_normalize(normalize, eps)
@@ -313,6 +329,7 @@ class GiGPOEstimator(_GroupedEstimatorBase):
         episode_stats (str): ``"trajectory"`` (default, the paper) or ``"step"``.
         eps (float): added to the std. Defaults to ``1e-6``.
         group_size (int, optional): see :class:`GroupedGAE`.
+        advantage_shape (str): see :class:`GroupedGAE`.
         device (torch.device, optional): device of the ``gamma`` buffer.
 
     Examples:
@@ -335,9 +352,10 @@ class GiGPOEstimator(_GroupedEstimatorBase):
         episode_stats: Literal["trajectory", "step"] = "trajectory",
         eps: float = 1e-6,
         group_size: int | None = None,
+        advantage_shape: Literal["step", "token"] = "step",
         device: torch.device | None = None,
     ) -> None:
-        super().__init__(group_size=group_size, device=device)
+        super().__init__(group_size=group_size, advantage_shape=advantage_shape, device=device)
         F._check_unit("gamma", gamma)
         F._check_normalize(normalize, eps)
         if episode_stats not in ("trajectory", "step"):
@@ -372,6 +390,7 @@ class GRPOEstimator(_GroupedEstimatorBase):
         normalize (str): ``"mean_std"`` (default), ``"mean"`` or ``"none"``.
         eps (float): added to the std. Defaults to ``1e-6``.
         group_size (int, optional): see :class:`GroupedGAE`.
+        advantage_shape (str): see :class:`GroupedGAE`.
         device (torch.device, optional): unused, for interface symmetry.
 
     Examples:
@@ -391,9 +410,10 @@ class GRPOEstimator(_GroupedEstimatorBase):
         normalize: F.Normalize = "mean_std",
         eps: float = 1e-6,
         group_size: int | None = None,
+        advantage_shape: Literal["step", "token"] = "step",
         device: torch.device | None = None,
     ) -> None:
-        super().__init__(group_size=group_size, device=device)
+        super().__init__(group_size=group_size, advantage_shape=advantage_shape, device=device)
         F._check_normalize(normalize, eps)
         self.normalize = normalize
         self.eps = eps
@@ -415,6 +435,7 @@ class RLOOEstimator(_GroupedEstimatorBase):
 
     Keyword Args:
         group_size (int, optional): see :class:`GroupedGAE`.
+        advantage_shape (str): see :class:`GroupedGAE`.
         device (torch.device, optional): unused, for interface symmetry.
 
     Examples:

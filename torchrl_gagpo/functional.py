@@ -235,18 +235,46 @@ def group_normalize(
     return _normalize_segments(v, index, n, normalize, eps).view_as(x)
 
 
+def _trajectory_layout(done: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Trajectory index, position in the trajectory and length of every trajectory."""
+    n = done.numel()
+    traj = trajectory_index(done)
+    ends = done.nonzero().reshape(-1)
+    starts = torch.cat([ends.new_zeros(1), ends[:-1] + 1])
+    position = torch.arange(n, device=done.device) - starts[traj]
+    return traj, position, ends - starts + 1
+
+
+# The padded matmul path is used while the padded [n_traj, max_len] layout stays small.
+_MATMUL_MAX_LEN = 1024
+_MATMUL_MAX_PADDING = 4
+
+
 def _reverse_discounted_scan(x: Tensor, done: Tensor, factor: Tensor | float) -> Tensor:
     """``y_t = x_t + factor * y_{t+1}`` inside each trajectory (``y := 0`` after done).
 
-    Steps are processed level by level, ``k`` steps before the end of their
-    trajectory, so the loop runs ``max_len`` times and each iteration updates
-    every trajectory at once.
+    Trajectories are laid out as rows of a padded ``[n_traj, max_len]`` matrix and
+    multiplied once by the upper-triangular discount matrix ``factor^(k - t)``: an
+    exact sum, with no cancellation, in a single kernel. When the lengths are so
+    uneven that padding would dominate (or a trajectory is very long), the steps
+    are processed level by level instead, ``k`` steps before the end of their
+    trajectory, so the loop runs ``max_len`` times over ``O(N)`` memory.
     """
     n = x.numel()
     if n == 0:
         return x.clone()
-    ends = done.nonzero().reshape(-1)
-    steps_to_end = ends[trajectory_index(done)] - torch.arange(n, device=x.device)
+    traj, position, lengths = _trajectory_layout(done)
+    max_len = int(lengths.max())
+    n_traj = lengths.numel()
+    if max_len <= _MATMUL_MAX_LEN and n_traj * max_len <= _MATMUL_MAX_PADDING * n + 4096:
+        padded = x.new_zeros(n_traj, max_len)
+        padded[traj, position] = x
+        steps = torch.arange(max_len, device=x.device)
+        lag = steps[:, None] - steps[None, :]  # source k minus target t
+        factor_t = torch.as_tensor(factor, dtype=x.dtype, device=x.device)
+        discount = torch.where(lag >= 0, factor_t ** lag.clamp_min(0).to(x.dtype), torch.zeros((), dtype=x.dtype, device=x.device))
+        return (padded @ discount)[traj, position]
+    steps_to_end = (lengths - 1)[traj] - position
     order = torch.argsort(steps_to_end, stable=True)
     counts = torch.bincount(steps_to_end).tolist()
     y = x.clone()

@@ -17,6 +17,7 @@ __all__ = [
     "gigpo_advantage_loop",
     "grouped_value_proxy_loop",
     "grpo_advantage_loop",
+    "group_stats",
     "normalize_loop",
     "rloo_advantage_loop",
     "split_trajectories",
@@ -36,7 +37,8 @@ def split_trajectories(done: list[bool]) -> list[list[int]]:
     return trajectories
 
 
-def _stats(values: list[float], singleton_mean_zero: bool = False) -> tuple[float, float]:
+def group_stats(values: list[float], singleton_mean_zero: bool = False) -> tuple[float, float]:
+    """Mean and sample std of a set; a set of one value has std 1 and mean = value (or 0)."""
     if len(values) < 2:
         return (0.0 if singleton_mean_zero else values[0]), 1.0
     mean = sum(values) / len(values)
@@ -44,16 +46,18 @@ def _stats(values: list[float], singleton_mean_zero: bool = False) -> tuple[floa
     return mean, math.sqrt(var)
 
 
-def normalize_loop(
-    value: float, values: list[float], normalize: str, eps: float, singleton_mean_zero: bool = False
-) -> float:
-    """Normalise one ``value`` against the set ``values`` it belongs to."""
+def normalize_loop(value: float, stats: tuple[float, float], normalize: str, eps: float) -> float:
+    """Normalise one ``value`` with the ``(mean, std)`` of the set it belongs to."""
     if normalize == "none":
         return value
-    mean, std = _stats(values, singleton_mean_zero)
+    mean, std = stats
     if normalize == "mean":
         return value - mean
     return (value - mean) / (std + eps)
+
+
+def _stats_by_key(pool: dict, singleton_mean_zero: bool = False) -> dict:
+    return {key: group_stats(values, singleton_mean_zero) for key, values in pool.items()}
 
 
 def discounted_returns_loop(reward: list[float], done: list[bool], gamma: float) -> list[float]:
@@ -92,7 +96,8 @@ def gagpo_advantage_loop(
     per_group: dict[int, list[float]] = defaultdict(list)
     for g, a in zip(group_id, raw):
         per_group[g].append(a)
-    return [normalize_loop(a, per_group[g], normalize, eps) for g, a in zip(group_id, raw)]
+    stats = _stats_by_key(per_group)
+    return [normalize_loop(a, stats[g], normalize, eps) for g, a in zip(group_id, raw)]
 
 
 def _trajectory_returns(reward, done, group_id):
@@ -118,17 +123,19 @@ def gigpo_advantage_loop(
     pool: dict[int, list[float]] = defaultdict(list)
     for traj, g, total in trajectories:
         pool[g].extend([total] * (len(traj) if episode_stats == "step" else 1))
+    episode_stats_by_group = _stats_by_key(pool, singleton_mean_zero=True)
     episode = [0.0] * len(reward)
     for traj, g, total in trajectories:
-        a = normalize_loop(total, pool[g], normalize, eps, singleton_mean_zero=True)
+        a = normalize_loop(total, episode_stats_by_group[g], normalize, eps)
         for t in traj:
             episode[t] = a
     returns = discounted_returns_loop(reward, done, gamma)
     anchors: dict[tuple[int, int], list[float]] = defaultdict(list)
     for g, s, ret in zip(group_id, state_key, returns):
         anchors[(g, s)].append(ret)
+    anchor_stats = _stats_by_key(anchors)
     return [
-        episode[t] + step_weight * normalize_loop(returns[t], anchors[(g, s)], normalize, eps)
+        episode[t] + step_weight * normalize_loop(returns[t], anchor_stats[(g, s)], normalize, eps)
         for t, (g, s) in enumerate(zip(group_id, state_key))
     ]
 
@@ -138,9 +145,10 @@ def grpo_advantage_loop(reward, done, group_id, normalize="mean_std", eps=1e-6) 
     pool: dict[int, list[float]] = defaultdict(list)
     for _, g, total in trajectories:
         pool[g].append(total)
+    stats = _stats_by_key(pool)
     out = [0.0] * len(reward)
     for traj, g, total in trajectories:
-        a = normalize_loop(total, pool[g], normalize, eps)
+        a = normalize_loop(total, stats[g], normalize, eps)
         for t in traj:
             out[t] = a
     return out

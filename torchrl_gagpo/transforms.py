@@ -344,10 +344,10 @@ class StateKeyGrouping(Transform):
         shape = (*out.batch_size, 1)
         out.set(self.state_group_key, (index + self._next_state_group).reshape(shape))
         out.set(self.state_group_size_key, sizes[index].reshape(shape))
-        traj_per_group = torch.cat(
-            [torch.full((sum(t.numel() for t in g),), len(g), dtype=torch.long) for g in groups]
-        )
-        out.set(self.group_size_key, traj_per_group.to(group_id.device).reshape(shape))
+        group_index, _ = F._dense(group_id)
+        done = out.get(self.done_key).reshape(-1)
+        trajectories = torch.bincount(group_index[done], minlength=int(group_index.max()) + 1)
+        out.set(self.group_size_key, trajectories[group_index].reshape(shape))
         self._next_state_group += n
         self.released_groups += len(groups)
         self.released_steps += out.numel()

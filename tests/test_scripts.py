@@ -1,0 +1,45 @@
+"""End-to-end smoke tests through subprocess: the quickstart, the benchmark and the docs build."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.mark.slow
+def test_quickstart_runs():
+    out = run("examples/quickstart.py", "--iterations", "2", "--groups-per-iter", "2", "--group-size", "2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [line.split() for line in out.stdout.splitlines() if line.strip()]
+    assert lines[0][:2] == ["iter", "success"]
+    rows = [row for row in lines[1:] if row[0].isdigit()]
+    assert len(rows) == 2 and all(0.0 <= float(row[1]) <= 1.0 for row in rows)
+
+
+@pytest.mark.slow
+def test_advantage_speed_quick_json(tmp_path):
+    path = tmp_path / "rows.json"
+    out = run("benchmarks/advantage_speed.py", "--quick", "--json", str(path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads(path.read_text())
+    assert {"kernel", "steps", "vectorized_s", "loop_s", "speedup"} <= set(rows[0])
+    assert {r["kernel"] for r in rows} >= {"gagpo_advantage", "gigpo_advantage", "grpo_advantage", "rloo_advantage"}
+    assert any(r["speedup"] is not None for r in rows)
+
+
+@pytest.mark.slow
+def test_docs_build_without_warnings(tmp_path):
+    out = run("-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", "docs", str(tmp_path / "html"))
+    assert out.returncode == 0, out.stderr[-3000:]
