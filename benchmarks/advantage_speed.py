@@ -1,4 +1,9 @@
-"""Speed of every advantage kernel against the plain-Python loop reference, in the same run.
+"""Speed of every advantage kernel against loop references, measured in the same run.
+
+Two baselines: ``loop`` computes the way verl-agent's official GiGPO code does
+(dictionaries, per-element tensor indexing, ``np.where`` per trajectory; see
+``_official_style.py``), and ``float loop`` is this library's plain-Python oracle over
+lists of floats (``torchrl_gagpo.reference``), the fastest a Python loop gets.
 
 Batches look like training data: groups of G rollouts of T steps, states drawn from a
 small pool per group so that they repeat within and across rollouts, a sparse terminal
@@ -17,6 +22,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from _official_style import gagpo, gigpo, grpo, returns, rloo, value_proxy
 
 from torchrl_gagpo import functional as F
 from torchrl_gagpo import reference as R
@@ -39,36 +45,37 @@ def make_batch(n_groups: int, device: str, seed: int = 0) -> dict[str, torch.Ten
     return {k: v.to(device) for k, v in batch.items()}
 
 
-KERNELS: dict[str, tuple[Callable, Callable, tuple[str, ...]]] = {
+# name: (vectorised on tensors, official-style loop on CPU tensors, float loop on lists)
+KERNELS: dict[str, tuple[Callable, Callable, Callable]] = {
     "discounted_returns": (
         lambda b: F.discounted_returns(b["reward"], b["done"], 0.95),
+        lambda b: returns(b["reward"], b["done"], 0.95),
         lambda b: R.discounted_returns_loop(b["reward"], b["done"], 0.95),
-        ("reward", "done"),
     ),
     "grouped_value_proxy": (
         lambda b: F.grouped_value_proxy(b["reward"], b["state_key"], b["group_id"]),
+        lambda b: value_proxy(b["reward"], b["state_key"], b["group_id"]),
         lambda b: R.grouped_value_proxy_loop(b["reward"], b["state_key"], b["group_id"]),
-        ("reward", "state_key", "group_id"),
     ),
     "gagpo_advantage": (
         lambda b: F.gagpo_advantage(b["reward"], b["done"], b["state_key"], b["group_id"]),
+        lambda b: gagpo(b["reward"], b["done"], b["state_key"], b["group_id"]),
         lambda b: R.gagpo_advantage_loop(b["reward"], b["done"], b["state_key"], b["group_id"]),
-        ("reward", "done", "state_key", "group_id"),
     ),
     "gigpo_advantage": (
         lambda b: F.gigpo_advantage(b["reward"], b["done"], b["state_key"], b["group_id"]),
+        lambda b: gigpo(b["reward"], b["done"], b["state_key"], b["group_id"]),
         lambda b: R.gigpo_advantage_loop(b["reward"], b["done"], b["state_key"], b["group_id"]),
-        ("reward", "done", "state_key", "group_id"),
     ),
     "grpo_advantage": (
         lambda b: F.grpo_advantage(b["reward"], b["done"], b["group_id"]),
+        lambda b: grpo(b["reward"], b["done"], b["group_id"]),
         lambda b: R.grpo_advantage_loop(b["reward"], b["done"], b["group_id"]),
-        ("reward", "done", "group_id"),
     ),
     "rloo_advantage": (
         lambda b: F.rloo_advantage(b["reward"], b["done"], b["group_id"]),
+        lambda b: rloo(b["reward"], b["done"], b["group_id"]),
         lambda b: R.rloo_advantage_loop(b["reward"], b["done"], b["group_id"]),
-        ("reward", "done", "group_id"),
     ),
 }
 
@@ -92,27 +99,27 @@ def run(sizes: list[int], loop_sizes: set[int], repeats: int, device: str) -> li
     rows = []
     for n_groups in sizes:
         batch = make_batch(n_groups, device)
-        as_lists = {k: v.cpu().tolist() for k, v in batch.items()}
+        on_cpu = {k: v.cpu() for k, v in batch.items()}
+        as_lists = {k: v.tolist() for k, v in on_cpu.items()}
         steps = batch["reward"].numel()
-        for name, (vectorized, loop, _) in KERNELS.items():
+        for name, (vectorized, official, float_loop) in KERNELS.items():
             vec_s = timeit(lambda: vectorized(batch), repeats, device)
-            loop_s = None
+            row = {"kernel": name, "steps": steps, "device": device, "vectorized_s": vec_s,
+                   "loop_s": None, "speedup": None, "float_loop_s": None, "float_speedup": None}
             if n_groups in loop_sizes:
-                loop_s = timeit(lambda: loop(as_lists), 1 if steps > 10**5 else 3, "cpu")
-                check = torch.tensor(loop(as_lists), dtype=batch["reward"].dtype)
-                torch.testing.assert_close(vectorized(batch).cpu(), check, atol=1e-4, rtol=1e-4)
-            rows.append(
-                {
-                    "kernel": name,
-                    "steps": steps,
-                    "device": device,
-                    "vectorized_s": vec_s,
-                    "loop_s": loop_s,
-                    "speedup": None if loop_s is None else loop_s / vec_s,
-                }
-            )
-            speed = "" if loop_s is None else f"{loop_s * 1e3:>10.2f} {loop_s / vec_s:>8.0f}x"
-            print(f"{name:<20} {steps:>9,} {vec_s * 1e3:>12.3f} {speed}", flush=True)
+                result = vectorized(batch).cpu()
+                torch.testing.assert_close(official(on_cpu), result, atol=1e-3, rtol=1e-3)
+                torch.testing.assert_close(torch.tensor(float_loop(as_lists), dtype=result.dtype), result, atol=1e-4, rtol=1e-4)
+                row["loop_s"] = timeit(lambda: official(on_cpu), 1, "cpu")
+                row["float_loop_s"] = timeit(lambda: float_loop(as_lists), 3, "cpu")
+                row["speedup"] = row["loop_s"] / vec_s
+                row["float_speedup"] = row["float_loop_s"] / vec_s
+            rows.append(row)
+            loops = ""
+            if row["loop_s"] is not None:
+                loops = (f"{row['loop_s'] * 1e3:>10.1f} {row['speedup']:>8.0f}x "
+                         f"{row['float_loop_s'] * 1e3:>10.2f} {row['float_speedup']:>8.1f}x")
+            print(f"{name:<20} {steps:>9,} {vec_s * 1e3:>12.3f} {loops}", flush=True)
     return rows
 
 
@@ -136,9 +143,10 @@ def main() -> None:
     paper = 16  # 16 groups x 8 rollouts x 50 steps = 6,400 steps
     big = [10**5 // per_group, 10**6 // per_group]  # 250 and 2,500 groups
     sizes = [paper, big[0]] if args.quick else [paper, *big]
-    loop_sizes = {paper} if args.quick else {paper, big[0]}
+    loop_sizes = {paper}  # the official-style loop is quadratic in the batch: 10^5 steps take minutes
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
-    print(f"{'kernel':<20} {'steps':>9} {'vectorized ms':>12} {'loop ms':>10} {'speedup':>9}")
+    print(f"{'kernel':<20} {'steps':>9} {'vectorized ms':>12} {'loop ms':>10} {'speedup':>9} "
+          f"{'float ms':>10} {'speedup':>9}")
     rows = run(sizes, loop_sizes, repeats=5 if args.quick else 10, device=args.device)
     if not args.quick:
         growth(rows, big[0] * per_group, big[1] * per_group)

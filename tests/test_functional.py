@@ -77,10 +77,6 @@ def batch(trajs, dtype=torch.float64, device="cpu"):
     return tensors(*flatten(trajs), dtype=dtype, device=device)
 
 
-def as_list(x: torch.Tensor) -> list[float]:
-    return x.detach().cpu().double().reshape(-1).tolist()
-
-
 def close(got: torch.Tensor, expected, atol: float, rtol: float = 0.0) -> None:
     exp = torch.as_tensor(expected, dtype=torch.float64).reshape(-1)
     g = got.detach().cpu().double().reshape(-1)
@@ -459,7 +455,8 @@ class TestGroupedValueProxy:
         out = F.grouped_value_proxy(returns, s, g)
         assert out.shape == (10, 1)
         close(out, HAND_V, atol=1e-4)
-        empty = F.grouped_value_proxy(torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+        no_ids = torch.zeros(0, dtype=torch.long)
+        empty = F.grouped_value_proxy(torch.zeros(0), no_ids, no_ids)
         assert empty.shape == (0,)
 
     def test_bad_input(self):
@@ -664,15 +661,39 @@ class TestGiGPOAdvantage:
         r, d, s, g = batch(HAND)
         with pytest.raises(ValueError, match="episode_stats must be 'trajectory' or 'step'"):
             F.gigpo_advantage(r, d, s, g, episode_stats="group")
-        with pytest.raises(ValueError, match="step_weight must be >= 0"):
-            F.gigpo_advantage(r, d, s, g, step_weight=-0.5)
-        with pytest.raises(ValueError, match="step_weight must be >= 0"):
-            F.gigpo_advantage(r, d, s, g, step_weight=float("nan"))
+        for bad in (-0.5, float("nan"), float("inf")):
+            with pytest.raises(ValueError, match="step_weight must be finite and >= 0"):
+                F.gigpo_advantage(r, d, s, g, step_weight=bad)
 
 
 # ---------------------------------------------------------------------------
 # grpo_advantage / rloo_advantage
 # ---------------------------------------------------------------------------
+class TestOverflowAndAliasing:
+    def test_huge_float32_rewards_do_not_overflow_silently(self):
+        r = torch.tensor([3e38, 3e38, 0.0])
+        d = torch.tensor([False, True, True])
+        g = torch.zeros(3, dtype=torch.long)
+        out = F.grpo_advantage(r, d, g)  # computed in float64: the normalised result fits
+        assert torch.isfinite(out).all() and out[0] > 0 > out[2]
+        with pytest.raises(ValueError, match="does not fit"):
+            F.grpo_advantage(r, d, g, normalize="none")  # 6e38 does not fit in float32
+        two = F.grpo_advantage(torch.tensor([1e20, 0.0]), torch.tensor([True, True]), torch.zeros(2, dtype=torch.long))
+        assert two.tolist() == pytest.approx([0.7071, -0.7071], abs=1e-4)
+
+    def test_none_normalisation_returns_a_copy(self):
+        x = torch.tensor([1.0, 2.0])
+        y = F.group_normalize(x, torch.tensor([0, 0]), "none", 1e-6)
+        y[0] = 99.0
+        assert x.tolist() == [1.0, 2.0]
+
+    def test_errors_name_the_argument(self):
+        with pytest.raises(ValueError, match="x contains NaN"):
+            F.group_normalize(torch.tensor([float("nan")]), torch.tensor([0]))
+        with pytest.raises(ValueError, match="returns contains NaN"):
+            F.grouped_value_proxy(torch.tensor([float("inf")]), torch.tensor([0]), torch.tensor([0]))
+
+
 class TestGRPOAdvantage:
     @pytest.mark.parametrize("normalize", NORMALIZE_MODES)
     @HAND_DTYPES
@@ -760,7 +781,9 @@ class TestGRPOAdvantage:
         r_total[d] += 3.0
         close(F.grpo_advantage(r_total, d, g, normalize="mean"), base, atol=1e-9)
         close(
-            F.grpo_advantage(r + 3.0, d, g, normalize="mean"), [2.333333] * 3 + [5.333333] * 4 + [-7.666667] * 3, atol=1e-5
+            F.grpo_advantage(r + 3.0, d, g, normalize="mean"),
+            [2.333333] * 3 + [5.333333] * 4 + [-7.666667] * 3,
+            atol=1e-5,
         )
 
     def test_equal_totals_give_zero_not_nan(self):
@@ -1253,21 +1276,29 @@ class TestNoNaN:
         for name, out in run_all(*batch(trajs, dtype)).items():
             assert torch.isfinite(out).all(), name
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason=(
-            "library bug: in float32 a group of values that are equal in exact arithmetic "
-            "is normalised to O(1) instead of 0 when the segment mean is off by one ulp; "
-            "eps=1e-6 is below float32 resolution for values >~ 1"
-        ),
-    )
-    def test_float32_tied_group_is_not_zero(self):
+    # Regression: float32 rounding noise in a tied group used to be divided by std + eps
+    # (eps = 1e-6) and come out as O(1) advantages; the kernels now compute in float64.
+
+    def test_float32_tied_group_grpo(self):
         # six one-step trajectories with the same reward 9.025: (6 * 9.025) / 6 != 9.025 in
-        # float32, the "std" is one ulp (~1e-6) and (x - mean) / (std + 1e-6) ~ -0.47.
+        # float32 and (x - mean) / (std + 1e-6) comes out as -0.466 for every trajectory
         r = torch.full((6,), 9.025, dtype=torch.float32)
         d = torch.ones(6, dtype=torch.bool)
         g = torch.zeros(6, dtype=torch.long)
         out = F.grpo_advantage(r, d, g)
+        assert out.abs().max().item() < 1e-3, out.tolist()
+
+    @pytest.mark.parametrize("kernel", ["gagpo", "gigpo"])
+    def test_float32_identical_rollouts(self, kernel):
+        # six identical rollouts s0 -> s1 -> s2, reward 10 at the end, default float32 and
+        # gamma 0.95: every advantage should be 0 (float64 gives exactly 0); float32 gives
+        # GiGPO -0.466 at s0 and GAGPO [-0.435, 0.217, 0.217] per trajectory
+        r = torch.tensor([0.0, 0.0, 10.0] * 6)
+        d = torch.tensor([False, False, True] * 6)
+        s = torch.tensor([0, 1, 2] * 6)
+        g = torch.zeros(18, dtype=torch.long)
+        out = KERNEL_CALLS[kernel](r, d, s, g)
+        assert torch.equal(KERNEL_CALLS[kernel](r.double(), d, s, g), torch.zeros(18, dtype=torch.float64))
         assert out.abs().max().item() < 1e-3, out.tolist()
 
 

@@ -165,7 +165,7 @@ class _GroupedEstimatorBase(ValueEstimatorBase):
             self._check_whole_groups(tensordict, done, group_id)
         for key, value in self._compute(tensordict, reward, done, group_id).items():
             token_dim = key == k.advantage and self.advantage_shape == "token"
-            _write(tensordict, key, value, (1,) if token_dim else ())
+            _write(tensordict, key, F._out(value, reward), (1,) if token_dim else ())
         return tensordict
 
     def _compute(self, td, reward, done, group_id) -> dict[NestedKey, torch.Tensor]:
@@ -240,9 +240,9 @@ class GroupedGAE(_GroupedEstimatorBase):
         r, d, g = F._prepare(reward, done, group_id)
         s = F._check_ids("state_key", _flat(td, k.state_key), r)
         gamma, lmbda = F._check_unit("gamma", self.gamma), F._check_unit("lmbda", self.lmbda)
-        raw, value, next_value = F._gagpo_raw(r, d, s, g, gamma, lmbda)
-        index, n = F._dense(g)
-        advantage = F._normalize_segments(raw, index, n, self.normalize, self.eps)
+        group_index = F._dense(g)
+        raw, value, next_value = F._gagpo_raw(r, d, s, g, group_index, gamma, lmbda)
+        advantage = F._normalize_segments(raw, *group_index, self.normalize, self.eps)
         return {
             k.advantage: advantage,
             k.value_target: raw + value,
@@ -304,16 +304,13 @@ class GroupedValueProxy(TensorDictModuleBase):
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         """Write ``state_value`` and ``("next", "state_value")``."""
         k = self._tensor_keys
-        r, d, g = F._prepare(
-            _flat(tensordict, ("next", k.reward)),
-            _flat(tensordict, ("next", k.done)),
-            _flat(tensordict, k.group_id),
-        )
+        reward = _flat(tensordict, ("next", k.reward))
+        r, d, g = F._prepare(reward, _flat(tensordict, ("next", k.done)), _flat(tensordict, k.group_id))
         s = F._check_ids("state_key", _flat(tensordict, k.state_key), r)
         returns = F._reverse_discounted_scan(r, d, float(self.gamma))
         value = F.grouped_value_proxy(returns, s, g)
-        _write(tensordict, k.value, value)
-        _write(tensordict, ("next", k.value), F._next_in_trajectory(value, d))
+        _write(tensordict, k.value, F._out(value, reward))
+        _write(tensordict, ("next", k.value), F._out(F._next_in_trajectory(value, d), reward))
         return tensordict
 
 
@@ -381,7 +378,16 @@ class GiGPOEstimator(_GroupedEstimatorBase):
         return {self.tensor_keys.advantage: advantage}
 
 
-class GRPOEstimator(_GroupedEstimatorBase):
+class _ReturnBaselineEstimator(_GroupedEstimatorBase):
+    """Estimators of whole-trajectory returns: they read no state key."""
+
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        k = self.tensor_keys
+        return [("next", k.reward), ("next", k.done), k.group_id]
+
+
+class GRPOEstimator(_ReturnBaselineEstimator):
     """GRPO baseline: trajectory returns normalised across the group, on every step.
 
     See :func:`torchrl_gagpo.functional.grpo_advantage`. Writes ``advantage``.
@@ -418,17 +424,12 @@ class GRPOEstimator(_GroupedEstimatorBase):
         self.normalize = normalize
         self.eps = eps
 
-    @property
-    def in_keys(self) -> list[NestedKey]:
-        k = self.tensor_keys
-        return [("next", k.reward), ("next", k.done), k.group_id]
-
     def _compute(self, td, reward, done, group_id):
         advantage = F.grpo_advantage(reward, done, group_id, normalize=self.normalize, eps=self.eps)
         return {self.tensor_keys.advantage: advantage}
 
 
-class RLOOEstimator(_GroupedEstimatorBase):
+class RLOOEstimator(_ReturnBaselineEstimator):
     """RLOO baseline: each trajectory's return minus the mean of the others in its group.
 
     See :func:`torchrl_gagpo.functional.rloo_advantage`. Writes ``advantage``.
@@ -448,11 +449,6 @@ class RLOOEstimator(_GroupedEstimatorBase):
         >>> RLOOEstimator()(td)["advantage"].squeeze(-1).tolist()
         [1.0, 1.0, -1.0]
     """
-
-    @property
-    def in_keys(self) -> list[NestedKey]:
-        k = self.tensor_keys
-        return [("next", k.reward), ("next", k.done), k.group_id]
 
     def _compute(self, td, reward, done, group_id):
         return {self.tensor_keys.advantage: F.rloo_advantage(reward, done, group_id)}

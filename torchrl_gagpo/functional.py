@@ -23,6 +23,14 @@ Normalisation rules (``normalize=``)
 * One exception, kept from the official GiGPO code: GiGPO's *episode* term for a
   set of one value uses mean 0 and std 1 (the raw return passes through).
 
+Precision
+---------
+Every kernel computes in float64 internally and returns the dtype of
+``reward``: in float32, rounding noise of order 1e-7 in a group of identical
+rollouts would otherwise be divided by ``std + eps`` (with ``eps=1e-6``) and
+come out as advantages of order 1 instead of 0. A result that does not fit the
+output dtype raises ``ValueError`` instead of returning inf or NaN.
+
 Vectorisation
 -------------
 No Python loop runs over steps, trajectories or groups. Group statistics use
@@ -33,6 +41,7 @@ every trajectory at once. Memory is ``O(N)`` whatever the length spread.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import torch
@@ -73,17 +82,29 @@ def _flat(name: str, x: Tensor, n_ref: int | None = None) -> Tensor:
     return x
 
 
-def _check_reward(reward: Tensor) -> Tensor:
-    r = _flat("reward", reward)
+def _check_reward(reward: Tensor, name: str = "reward") -> Tensor:
+    """Validated flat float64 copy of a per-step float input."""
+    r = _flat(name, reward)
     if not r.is_floating_point():
-        raise ValueError(f"reward must be a floating-point tensor, got {r.dtype}.")
+        raise ValueError(f"{name} must be a floating-point tensor, got {r.dtype}.")
     if r.numel() and not bool(torch.isfinite(r).all()):
         bad = int((~torch.isfinite(r)).nonzero()[0])
         raise ValueError(
-            f"reward contains NaN or inf (first at step {bad}); fix the environment "
+            f"{name} contains NaN or inf (first at step {bad}); fix the environment "
             "reward before estimating advantages."
         )
-    return r
+    return r.to(torch.float64)
+
+
+def _out(x: Tensor, like: Tensor) -> Tensor:
+    """Cast a float64 result back to the dtype and shape of ``like``; refuse inf/NaN."""
+    out = x.to(like.dtype).view_as(like)
+    if out.numel() and not bool(torch.isfinite(out).all()):
+        raise ValueError(
+            f"the result does not fit in {like.dtype} (inf or NaN): the rewards are too large; "
+            "rescale them or pass float64 tensors."
+        )
+    return out
 
 
 def _check_done(done: Tensor, reward: Tensor) -> Tensor:
@@ -164,24 +185,44 @@ def trajectory_index(done: Tensor) -> Tensor:
     return torch.cumsum(d, 0) - d
 
 
+def _take(x: Tensor, index: Tensor) -> Tensor:
+    """``x[index]`` for 1-D ``x``; ``index_select`` is several times cheaper than advanced indexing."""
+    return x.index_select(0, index)
+
+
 def _dense(ids: Tensor) -> tuple[Tensor, int]:
-    """Map arbitrary int64 ids to ``0..K-1`` (sorted order); returns ``(index, K)``."""
-    uniq, inverse = torch.unique(ids, return_inverse=True)
-    return inverse, uniq.numel()
+    """Map int64 ids to ``0..K-1`` (in sorted order of the ids); returns ``(index, K)``.
+
+    Rollout groups usually arrive as contiguous blocks: the ids of the blocks are
+    found in one linear pass and only the (few) block ids are sorted.
+    """
+    block_ids, block = torch.unique_consecutive(ids, return_inverse=True)
+    uniq, inverse = torch.unique(block_ids, return_inverse=True)
+    return _take(inverse, block), uniq.numel()
 
 
-def _pair_index(a: Tensor, b: Tensor) -> tuple[Tensor, int]:
+def _pair_index(a: Tensor, b: Tensor, dense_a: tuple[Tensor, int] | None = None) -> tuple[Tensor, int]:
     """Dense index of the pairs ``(a_i, b_i)`` without a slow ``unique(dim=0)``."""
-    ia, _ = _dense(a)
+    ia, na = dense_a if dense_a is not None else _dense(a)
     ib, nb = _dense(b)
-    return _dense(ia * nb + ib)
+    combined = ia * nb + ib
+    if na * nb <= 8 * combined.numel() + 1024:  # small id space: compact it with a histogram
+        present = torch.bincount(combined, minlength=na * nb) > 0
+        return _take(torch.cumsum(present, 0) - 1, combined), int(present.sum())
+    return _dense(combined)
+
+
+def _segment_mean(x: Tensor, index: Tensor, n: int) -> Tensor:
+    """Per-segment mean of ``x`` (segments given by a dense ``index``)."""
+    count = torch.bincount(index, minlength=n).to(x.dtype)
+    return torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, index, x) / count
 
 
 def _segment_mean_std(x: Tensor, index: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
     """Per-segment count, mean and sample std (two-pass, no cancellation)."""
-    count = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, index, torch.ones_like(x))
+    count = torch.bincount(index, minlength=n).to(x.dtype)
     mean = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, index, x) / count
-    sq = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, index, (x - mean[index]) ** 2)
+    sq = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, index, (x - _take(mean, index)) ** 2)
     std = torch.sqrt(sq / (count - 1).clamp_min(1))
     return count, mean, std
 
@@ -196,15 +237,15 @@ def _normalize_segments(
 ) -> Tensor:
     """Normalise ``x`` within the segments given by a dense ``index``."""
     if normalize == "none" or x.numel() == 0:
-        return x
+        return x.clone()
     count, mean, std = _segment_mean_std(x, index, n)
     single = count < 2
     mean = torch.where(single, torch.zeros_like(mean) if singleton_mean_zero else mean, mean)
     std = torch.where(single, torch.ones_like(std), std)
-    centred = x - mean[index]
+    centred = x - _take(mean, index)
     if normalize == "mean":
         return centred
-    return centred / (std[index] + eps)
+    return centred / (_take(std, index) + eps)
 
 
 def group_normalize(
@@ -229,20 +270,19 @@ def group_normalize(
         [-0.7071062922477722, 0.7071062922477722, 0.0]
     """
     _check_normalize(normalize, eps)
-    v = _check_reward(x)
+    v = _check_reward(x, "x")
     g = _check_ids("group_id", group_id, v)
     index, n = _dense(g)
-    return _normalize_segments(v, index, n, normalize, eps).view_as(x)
+    return _out(_normalize_segments(v, index, n, normalize, eps), x)
 
 
 def _trajectory_layout(done: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Trajectory index, position in the trajectory and length of every trajectory."""
-    n = done.numel()
     traj = trajectory_index(done)
-    ends = done.nonzero().reshape(-1)
-    starts = torch.cat([ends.new_zeros(1), ends[:-1] + 1])
-    position = torch.arange(n, device=done.device) - starts[traj]
-    return traj, position, ends - starts + 1
+    lengths = torch.bincount(traj)
+    starts = torch.cumsum(lengths, 0) - lengths
+    position = torch.arange(done.numel(), device=done.device) - _take(starts, traj)
+    return traj, position, lengths
 
 
 # The padded matmul path is used while the padded [n_traj, max_len] layout stays small.
@@ -250,7 +290,18 @@ _MATMUL_MAX_LEN = 1024
 _MATMUL_MAX_PADDING = 4
 
 
-def _reverse_discounted_scan(x: Tensor, done: Tensor, factor: Tensor | float) -> Tensor:
+@functools.lru_cache(maxsize=32)
+def _discount_matrix(length: int, factor: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``D[k, t] = factor^(k - t)`` for ``k >= t``, else 0 (source step k, target step t)."""
+    steps = torch.arange(length, device=device)
+    lag = steps[:, None] - steps[None, :]
+    powers = torch.tensor(factor, dtype=dtype, device=device) ** lag.clamp_min(0).to(dtype)
+    return torch.where(lag >= 0, powers, torch.zeros((), dtype=dtype, device=device))
+
+
+def _reverse_discounted_scan(
+    x: Tensor, done: Tensor, factor: float, layout: tuple[Tensor, Tensor, Tensor] | None = None
+) -> Tensor:
     """``y_t = x_t + factor * y_{t+1}`` inside each trajectory (``y := 0`` after done).
 
     Trajectories are laid out as rows of a padded ``[n_traj, max_len]`` matrix and
@@ -263,17 +314,15 @@ def _reverse_discounted_scan(x: Tensor, done: Tensor, factor: Tensor | float) ->
     n = x.numel()
     if n == 0:
         return x.clone()
-    traj, position, lengths = _trajectory_layout(done)
+    traj, position, lengths = layout if layout is not None else _trajectory_layout(done)
     max_len = int(lengths.max())
     n_traj = lengths.numel()
     if max_len <= _MATMUL_MAX_LEN and n_traj * max_len <= _MATMUL_MAX_PADDING * n + 4096:
         padded = x.new_zeros(n_traj, max_len)
-        padded[traj, position] = x
-        steps = torch.arange(max_len, device=x.device)
-        lag = steps[:, None] - steps[None, :]  # source k minus target t
-        factor_t = torch.as_tensor(factor, dtype=x.dtype, device=x.device)
-        discount = torch.where(lag >= 0, factor_t ** lag.clamp_min(0).to(x.dtype), torch.zeros((), dtype=x.dtype, device=x.device))
-        return (padded @ discount)[traj, position]
+        flat = traj * max_len + position
+        padded.view(-1).index_copy_(0, flat, x)
+        discounted = padded @ _discount_matrix(max_len, float(factor), x.dtype, x.device)
+        return _take(discounted.view(-1), flat)
     steps_to_end = (lengths - 1)[traj] - position
     order = torch.argsort(steps_to_end, stable=True)
     counts = torch.bincount(steps_to_end).tolist()
@@ -305,7 +354,7 @@ def discounted_returns(reward: Tensor, done: Tensor, gamma: float) -> Tensor:
     """
     gamma = _check_unit("gamma", gamma)
     r, d, _ = _prepare(reward, done)
-    return _reverse_discounted_scan(r, d, gamma).view_as(reward)
+    return _out(_reverse_discounted_scan(r, d, gamma), reward)
 
 
 def grouped_value_proxy(returns: Tensor, state_key: Tensor, group_id: Tensor) -> Tensor:
@@ -325,12 +374,11 @@ def grouped_value_proxy(returns: Tensor, state_key: Tensor, group_id: Tensor) ->
         >>> grouped_value_proxy(G, s, torch.tensor([0, 0, 0, 1])).tolist()
         [2.0, 2.0, 4.0, 8.0]
     """
-    g_ret = _check_reward(returns)
+    g_ret = _check_reward(returns, "returns")
     s = _check_ids("state_key", state_key, g_ret)
     g = _check_ids("group_id", group_id, g_ret)
     index, n = _pair_index(g, s)
-    _, mean, _ = _segment_mean_std(g_ret, index, n)
-    return mean[index].view_as(returns)
+    return _out(_take(_segment_mean(g_ret, index, n), index), returns)
 
 
 def _next_in_trajectory(value: Tensor, done: Tensor) -> Tensor:
@@ -341,16 +389,16 @@ def _next_in_trajectory(value: Tensor, done: Tensor) -> Tensor:
 
 
 def _gagpo_raw(
-    r: Tensor, d: Tensor, s: Tensor, g: Tensor, gamma: float, lmbda: float
+    r: Tensor, d: Tensor, s: Tensor, g: Tensor, group_index: tuple[Tensor, int], gamma: float, lmbda: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Unnormalised GAGPO advantage, value proxy and next-step value (flat, checked)."""
-    returns = _reverse_discounted_scan(r, d, gamma)
-    index, n = _pair_index(g, s)
-    _, mean, _ = _segment_mean_std(returns, index, n)
-    value = mean[index]
+    """Unnormalised GAGPO advantage, value proxy and next-step value (flat, checked inputs)."""
+    layout = _trajectory_layout(d)
+    returns = _reverse_discounted_scan(r, d, gamma, layout)
+    index, n = _pair_index(g, s, group_index)
+    value = _take(_segment_mean(returns, index, n), index)
     next_value = _next_in_trajectory(value, d)
     delta = r + gamma * next_value - value
-    advantage = _reverse_discounted_scan(delta, d, gamma * lmbda)
+    advantage = _reverse_discounted_scan(delta, d, gamma * lmbda, layout)
     return advantage, value, next_value
 
 
@@ -402,17 +450,15 @@ def gagpo_advantage(
     _check_normalize(normalize, eps)
     r, d, g = _prepare(reward, done, group_id)
     s = _check_ids("state_key", state_key, r)
-    advantage, _, _ = _gagpo_raw(r, d, s, g, gamma, lmbda)
-    index, n = _dense(g)
-    return _normalize_segments(advantage, index, n, normalize, eps).view_as(reward)
+    group_index = _dense(g)
+    advantage, _, _ = _gagpo_raw(r, d, s, g, group_index, gamma, lmbda)
+    return _out(_normalize_segments(advantage, *group_index, normalize, eps), reward)
 
 
 def _trajectory_sums(r: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
     """Per-trajectory reward sums and the trajectory index of every step."""
     traj = trajectory_index(d)
-    n_traj = int(d.sum())
-    sums = torch.zeros(n_traj, dtype=r.dtype, device=r.device).index_add_(0, traj, r)
-    return sums, traj
+    return torch.bincount(traj, weights=r).to(r.dtype), traj  # (bincount of nothing is int64)
 
 
 def _per_trajectory_groups(g: Tensor, d: Tensor) -> tuple[Tensor, int]:
@@ -471,21 +517,20 @@ def gigpo_advantage(
     if episode_stats not in ("trajectory", "step"):
         raise ValueError(f"episode_stats must be 'trajectory' or 'step', got {episode_stats!r}.")
     step_weight = float(step_weight)
-    if not step_weight >= 0:
-        raise ValueError(f"step_weight must be >= 0, got {step_weight}.")
+    if not 0 <= step_weight < float("inf"):
+        raise ValueError(f"step_weight must be finite and >= 0, got {step_weight}.")
     r, d, g = _prepare(reward, done, group_id)
     s = _check_ids("state_key", state_key, r)
     sums, traj = _trajectory_sums(r, d)
     if episode_stats == "trajectory":
         tg, n = _per_trajectory_groups(g, d)
-        episode = _normalize_segments(sums, tg, n, normalize, eps, singleton_mean_zero=True)[traj]
+        episode = _take(_normalize_segments(sums, tg, n, normalize, eps, singleton_mean_zero=True), traj)
     else:
-        index, n = _dense(g)
-        episode = _normalize_segments(sums[traj], index, n, normalize, eps, singleton_mean_zero=True)
+        episode = _normalize_segments(_take(sums, traj), *_dense(g), normalize, eps, singleton_mean_zero=True)
     returns = _reverse_discounted_scan(r, d, gamma)
     index, n = _pair_index(g, s)
     step = _normalize_segments(returns, index, n, normalize, eps)
-    return (episode + step_weight * step).view_as(reward)
+    return _out(episode + step_weight * step, reward)
 
 
 def grpo_advantage(
@@ -517,7 +562,7 @@ def grpo_advantage(
     r, d, g = _prepare(reward, done, group_id)
     sums, traj = _trajectory_sums(r, d)
     tg, n = _per_trajectory_groups(g, d)
-    return _normalize_segments(sums, tg, n, normalize, eps)[traj].view_as(reward)
+    return _out(_take(_normalize_segments(sums, tg, n, normalize, eps), traj), reward)
 
 
 def rloo_advantage(reward: Tensor, done: Tensor, group_id: Tensor) -> Tensor:
@@ -539,8 +584,8 @@ def rloo_advantage(reward: Tensor, done: Tensor, group_id: Tensor) -> Tensor:
     r, d, g = _prepare(reward, done, group_id)
     sums, traj = _trajectory_sums(r, d)
     tg, n = _per_trajectory_groups(g, d)
-    count = torch.zeros(n, dtype=r.dtype, device=r.device).index_add_(0, tg, torch.ones_like(sums))
+    count = torch.bincount(tg, minlength=n).to(r.dtype)
     total = torch.zeros(n, dtype=r.dtype, device=r.device).index_add_(0, tg, sums)
-    c = count[tg]
-    loo = torch.where(c > 1, sums - (total[tg] - sums) / (c - 1).clamp_min(1), torch.zeros_like(sums))
-    return loo[traj].view_as(reward)
+    c = _take(count, tg)
+    loo = torch.where(c > 1, sums - (_take(total, tg) - sums) / (c - 1).clamp_min(1), torch.zeros_like(sums))
+    return _out(_take(loo, traj), reward)
