@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 
 import torch
 from torchrl.collectors.llm import LLMCollector
@@ -27,6 +28,9 @@ from torchrl.modules.llm import TransformersWrapper
 from torchrl_gagpo import GAGPOLoss, GroupedGAE, StateKeyGrouping
 from torchrl_gagpo.envs import ToyTextEnv
 from torchrl_gagpo.policies import AdmissibleActionPolicy, make_tiny_model, make_tiny_tokenizer
+
+# torchrl 0.14 asks every LLMCollector for an InitTracker transform that text envs do not use.
+warnings.filterwarnings("ignore", message="The env passed to LLMCollector is missing", category=FutureWarning)
 
 
 def parse_args() -> argparse.Namespace:
@@ -92,6 +96,7 @@ def main() -> None:
         turns = len(data) / int(done.sum())
 
         # 2. A few epochs of minibatch updates on this iteration's data.
+        losses, clipped = [], []
         for _ in range(args.epochs):
             for batch in buffer:
                 out = loss_fn(batch)
@@ -99,10 +104,12 @@ def main() -> None:
                 out.loss_objective.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
+                losses.append(out.loss_objective.item())
+                clipped.append(out.clip_fraction.item())
         buffer.empty()
         print(
             f"{iteration:>4} {success:>8.2f} {episode_return:>7.3f} {turns:>6.2f} "
-            f"{out.loss_objective.item():>8.4f} {out.clip_fraction.item():>6.2f} {time.time() - start:>5.0f}s",
+            f"{sum(losses) / len(losses):>8.4f} {sum(clipped) / len(clipped):>6.2f} {time.time() - start:>5.0f}s",
             flush=True,
         )
     collector.shutdown()
