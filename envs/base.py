@@ -10,6 +10,7 @@ subclass plugs a game engine in through two hooks, :meth:`_game_reset` and
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from collections import deque
@@ -27,6 +28,8 @@ from torchrl.modules.llm.policies import ChatHistory
 from torchrl_gagpo._utils import normalize_text, state_digest
 
 __all__ = ["GameState", "TextAgentEnv", "parse_action"]
+
+logger = logging.getLogger("torchrl_gagpo.envs")
 
 MAX_RESPONSE_CHARS = 10_000
 _TAGS = re.IGNORECASE | re.DOTALL | re.ASCII
@@ -120,9 +123,13 @@ class TextAgentEnv(ChatEnv):
 
     Every step writes the data contract of ``torchrl_gagpo``: ``history.prompt``
     (the next prompt), ``observation``, ``admissible_actions``, ``state_key``,
-    ``task_id``, ``group_id``, ``turn``, ``won``, ``invalid_action``, ``reward``,
-    ``done``/``terminated``/``truncated``. The reward is ``success_reward`` on
-    success minus ``invalid_action_penalty`` for an invalid reply.
+    ``task_id``, ``group_id``, ``turn``, ``won``, ``invalid_action``,
+    ``engine_error``, ``reward``, ``done``/``terminated``/``truncated``, plus the
+    subclass's ``info_keys`` (e.g. ``task_type``). The reward is
+    ``success_reward`` on success minus ``invalid_action_penalty`` for an invalid
+    reply. If the engine raises during a step, the episode ends as truncated
+    with ``engine_error`` set, the error is logged with :meth:`describe_task`, and
+    the next reset starts afresh: a collector's batch goes on.
 
     Keyword Args:
         group_size (int): episodes per rollout group. Defaults to ``1``.
@@ -139,6 +146,8 @@ class TextAgentEnv(ChatEnv):
     """
 
     env_name = "a text environment"
+    #: Extra per-task text entries written on every step (values from :meth:`task_info`).
+    info_keys: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -193,6 +202,14 @@ class TextAgentEnv(ChatEnv):
         """Apply ``command`` (valid or not) and report the new state."""
         raise NotImplementedError
 
+    def task_info(self, task_id: int) -> dict[str, str]:
+        """Values of :attr:`info_keys` for a task."""
+        return {}
+
+    def describe_task(self, task_id: int) -> str:
+        """How logs and errors name a task (e.g. its game file)."""
+        return f"task {task_id}"
+
     # -- specs -----------------------------------------------------------------------
     @staticmethod
     def _history_spec(shape, key: str) -> Composite:
@@ -214,6 +231,8 @@ class TextAgentEnv(ChatEnv):
             turn=Unbounded(shape=(*b, 1), dtype=torch.int64),
             won=Categorical(2, shape=(*b, 1), dtype=torch.bool),
             invalid_action=Categorical(2, shape=(*b, 1), dtype=torch.bool),
+            engine_error=Categorical(2, shape=(*b, 1), dtype=torch.bool),
+            **{key: NonTensor(shape=b, example_data="text") for key in self.info_keys},
             shape=b,
         )
         self.full_action_spec = Composite(history=self._history_spec(b, "full"), shape=b)
@@ -268,14 +287,20 @@ class TextAgentEnv(ChatEnv):
             history=history,
             step=ep["turn"] + 1,
             observation=state.observation,
-            actions=", ".join(state.admissible_actions),
+            actions=self.format_actions(state.admissible_actions),
         )
+
+    def format_actions(self, actions: list[str]) -> str:
+        """How the admissible actions appear inside the prompt's ``[...]``."""
+        return ", ".join(actions)
 
     def _state_key(self, state: GameState) -> int:
         text = self.state_key_fn(state) if self.state_key_fn is not None else state.observation
         return state_digest(text)
 
-    def _observe(self, state: GameState, *, reward: float = 0.0, invalid: bool = False, done=(False, False)):
+    def _observe(
+        self, state: GameState, *, reward: float = 0.0, invalid: bool = False, error: bool = False, done=(False, False)
+    ):
         ep = self._episode
         messages = [{"role": "user", "content": self.build_prompt(state)}]
         if self.system_prompt:
@@ -291,12 +316,15 @@ class TextAgentEnv(ChatEnv):
             turn=torch.tensor([[ep["turn"]]]),
             won=torch.tensor([[state.won]]),
             invalid_action=torch.tensor([[invalid]]),
+            engine_error=torch.tensor([[error]]),
             reward=torch.tensor([[reward]], dtype=torch.float32),
             terminated=torch.tensor([[terminated]]),
             truncated=torch.tensor([[truncated]]),
             done=torch.tensor([[terminated or truncated]]),
             batch_size=(1,),
         )
+        for key, value in ep["info"].items():
+            out[key] = [value]
         return out.to_lazystack(0)
 
     # -- EnvBase -----------------------------------------------------------------------
@@ -308,6 +336,7 @@ class TextAgentEnv(ChatEnv):
             "group_id": group_id,
             "forced": forced,
             "task": self.task_description(task_id),
+            "info": {key: self.task_info(task_id)[key] for key in self.info_keys},
             "turn": 0,
             "memory": deque(maxlen=max(self.history_length, 1)),
             "state": state,
@@ -317,17 +346,28 @@ class TextAgentEnv(ChatEnv):
         return out
 
     def _reply_text(self, tensordict: TensorDictBase) -> Any:
-        full = tensordict["history"].full
+        """The assistant's reply of this turn, or ``None`` when there is none (an invalid turn)."""
+        history = tensordict.get("history", None)
+        full = getattr(history, "full", None)
+        if full is None or full.shape[-1] == 0:
+            return None
         last = full[0, -1] if full.ndim == 2 else full[-1]
         return last.content if last.role == "assistant" else None
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         ep = self._episode
-        if not ep:
-            raise RuntimeError(f"{type(self).__name__}.step() called before reset().")
+        if not ep or ep["state"] is None:
+            raise RuntimeError(f"{type(self).__name__}.step() called before reset() (or after the episode ended).")
         before = ep["state"]
         command, valid = parse_action(self._reply_text(tensordict), before.admissible_actions)
-        state = self._game_step(command)
+        try:
+            state = self._game_step(command)
+        except Exception as err:  # noqa: BLE001 - any engine failure ends the episode, not the batch
+            logger.error("engine error on %s at turn %d: %s", self.describe_task(ep["task_id"]), ep["turn"] + 1, err)
+            ep["turn"] += 1
+            ep["state"] = None
+            self._completed_in_group += 0 if ep["forced"] else 1
+            return self._observe(before, reward=0.0, invalid=not valid, error=True, done=(False, True))
         ep["turn"] += 1
         ep["memory"].append((before.observation, command))
         ep["state"] = state

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import os
 import re
 import unicodedata
 from types import ModuleType
@@ -52,6 +53,8 @@ def state_digest(*parts: str) -> int:
 
 def require(module: str, extra: str) -> ModuleType:
     """Import an optional dependency or say which extra installs it."""
+    if module.startswith("alfworld") and os.environ.get("ALFWORLD_DATA") == "":
+        del os.environ["ALFWORLD_DATA"]  # alfworld's import does os.makedirs("") and crashes
     try:
         return importlib.import_module(module)
     except ImportError as err:

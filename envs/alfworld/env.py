@@ -1,0 +1,140 @@
+"""ALFWorldEnv: the real ALFWorld engine as a TorchRL multi-turn text environment."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable
+
+from ..base import GameState, TextAgentEnv
+from .data import find_games, resolve_data_path
+from .engine import EngineError, make_engine
+from .generate import TASK_TYPES
+
+__all__ = ["ALFWorldEnv"]
+
+logger = logging.getLogger("torchrl_gagpo.envs")
+
+_BANNER = "-= Welcome to TextWorld, ALFRED! =-"
+_TASK_MARK = "Your task is to: "
+
+
+def _observation_and_inventory(state: GameState) -> str:
+    return f"{state.observation}\nYou are carrying: {state.info.get('inventory') or 'nothing'}."
+
+
+class ALFWorldEnv(TextAgentEnv):
+    """ALFWorld (text) played by alfworld's own engine, one agent turn per step.
+
+    Games come from the embedded default set (generated offline on first use),
+    or from ``data_path`` / ``ALFWORLD_DATA`` in the official layout (see
+    :mod:`torchrl_gagpo.envs.alfworld.data`). Each instance drives one engine in a
+    worker process of its own; run several instances (e.g. in torchrl's
+    ``AsyncEnvPool``) to step games in parallel. The prompt follows verl-agent's
+    ALFWorld prompt: task, the last ``history_length`` observation/action pairs,
+    the current observation, the admissible actions (without ``help``) and the
+    ``<think>``/``<action>`` instruction. Rewards: 10 on success, minus 0.1 for an
+    invalid reply; ``max_steps`` 50. Besides the common contract each step writes
+    ``task_type``.
+
+    Keyword Args:
+        data_path (str, optional): games in the official layout; default: the
+            embedded set (or ``ALFWORLD_DATA`` when set).
+        split (str): ``"train"``, ``"valid_seen"`` or ``"valid_unseen"``. Defaults to ``"train"``.
+        task_types (iterable of str): subset of the six task types.
+        state_key (str): ``"observation"`` (default: the digest of the observation
+            text, as GiGPO's anchor state) or ``"observation+inventory"`` (also what
+            the agent carries; slower engine steps).
+        engine (str): ``"process"`` (default) or ``"inline"`` (this process).
+        group_size, max_steps, history_length, invalid_action_penalty, success_reward,
+        prompt_template, system_prompt, seed: see :class:`~torchrl_gagpo.envs.base.TextAgentEnv`.
+
+    Examples:
+        >>> env = ALFWorldEnv(group_size=2)  # doctest: +SKIP
+        >>> td = env.reset()  # doctest: +SKIP
+        >>> td["task_type"][0]  # doctest: +SKIP
+        'pick_heat_then_place_in_recep'
+    """
+
+    env_name = "the ALFRED Embodied Environment"
+    info_keys = ("task_type",)
+
+    def __init__(
+        self,
+        *,
+        data_path: str | os.PathLike | None = None,
+        split: str = "train",
+        task_types: Iterable[str] = TASK_TYPES,
+        state_key: str = "observation",
+        engine: str = "process",
+        max_steps: int = 50,
+        success_reward: float = 10.0,
+        state_key_fn: Callable[[GameState], str] | None = None,
+        **kwargs,
+    ) -> None:
+        if state_key not in ("observation", "observation+inventory"):
+            raise ValueError(f"state_key must be 'observation' or 'observation+inventory', got {state_key!r}.")
+        if engine not in ("process", "inline"):
+            raise ValueError(f"engine must be 'process' or 'inline', got {engine!r}.")
+        self.data_root = resolve_data_path(data_path)
+        self.split = split
+        self.games = find_games(self.data_root, split, task_types)
+        self.engine_kind = engine
+        self._inventory = state_key == "observation+inventory"
+        if self._inventory and state_key_fn is None:
+            state_key_fn = _observation_and_inventory
+        self._engine = None
+        self._task_text = ""
+        super().__init__(max_steps=max_steps, success_reward=success_reward, state_key_fn=state_key_fn, **kwargs)
+
+    # -- TextAgentEnv hooks ---------------------------------------------------------------
+    @property
+    def num_tasks(self) -> int:
+        return len(self.games)
+
+    def task_info(self, task_id: int) -> dict[str, str]:
+        return {"task_type": self.games[task_id].task_type}
+
+    def describe_task(self, task_id: int) -> str:
+        return f"ALFWorld game {self.games[task_id].gamefile}"
+
+    def task_description(self, task_id: int) -> str:
+        return self._task_text
+
+    def format_actions(self, actions: list[str]) -> str:
+        return "\n " + "\n ".join(f"'{a}'" for a in actions) + "\n"
+
+    def _engine_reset(self, gamefile: str) -> GameState:
+        if self._engine is None:
+            self._engine = make_engine(self.engine_kind, facts=self._inventory)
+        if self._engine.gamefile != gamefile:
+            self._engine.load(gamefile)
+        return self._engine.reset()
+
+    def _game_reset(self, task_id: int, episode_seed: int) -> GameState:
+        gamefile = self.games[task_id].gamefile
+        try:
+            state = self._engine_reset(gamefile)
+        except EngineError as err:
+            logger.error("engine error resetting %s: %s; restarting the engine", gamefile, err)
+            self._close_engine()
+            try:
+                state = self._engine_reset(gamefile)
+            except EngineError as again:
+                raise RuntimeError(f"ALFWorld cannot reset {gamefile}: {again}") from again
+        text = state.observation.replace(_BANNER, "").strip()
+        self._task_text = text.split(_TASK_MARK, 1)[1].strip() if _TASK_MARK in text else ""
+        return GameState(text, state.admissible_actions, state.won, state.info)
+
+    def _game_step(self, command: str) -> GameState:
+        return self._engine.step(command)
+
+    def _close_engine(self) -> None:
+        if self._engine is not None and hasattr(self._engine, "kill"):
+            self._engine.kill()
+        self._engine = None
+
+    def _close(self, raise_if_closed: bool = True) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
