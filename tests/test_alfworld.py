@@ -124,6 +124,18 @@ class TestGenerator:
             env.close()
         assert len(won) == 6 and all(won.values()), won
 
+    def test_floorplan_receptacles(self, tmp_path):
+        """--floorplans takes the receptacles of the real ALFRED floor plan: more of them, real ids."""
+        types = ["pick_and_place_simple", "pick_heat_then_place_in_recep"]
+        compact = generate_games(tmp_path / "c", per_type=1, splits=["train"], task_types=types, progress=False)
+        real = generate_games(tmp_path / "f", per_type=1, splits=["train"], task_types=types, floorplans=True,
+                              progress=False)
+        for small, big in zip(compact, real):
+            n_small = (small / "initial_state.pddl").read_text().count("- receptacle")
+            n_big = (big / "initial_state.pddl").read_text().count("- receptacle")
+            assert n_big > n_small
+            assert json.loads((big / "game.tw-pddl").read_text())["solvable"]
+
     def test_bad_arguments(self, tmp_path):
         with pytest.raises(ValueError, match="task type"):
             generate_games(tmp_path, task_types=["fly_to_the_moon"])
@@ -298,6 +310,25 @@ class TestALFWorldEnv:
             assert {int(i[0]) for i in out["env_index"]} == {0, 1}
         finally:
             pool.close()
+
+    def test_llm_collector_with_an_lm_policy(self, games):
+        """torchrl's LLMCollector drives ALFWorldEnv with the admissible-action policy of a tiny LM."""
+        from torchrl.collectors.llm import LLMCollector
+
+        from torchrl_gagpo.policies import AdmissibleActionPolicy, make_tiny_model, make_tiny_tokenizer
+
+        tok = make_tiny_tokenizer()
+        policy = AdmissibleActionPolicy(make_tiny_model(tok), tok, generator=torch.Generator().manual_seed(0))
+        env = ALFWorldEnv(data_path=games, group_size=2, max_steps=3, seed=0)
+        collector = LLMCollector(env, policy=policy, yield_completed_trajectories=True, total_dialog_turns=6)
+        trajectories = list(collector)
+        collector.shutdown()
+        env.close()
+        steps = torch.cat([t.reshape(-1) for t in trajectories])
+        assert steps["next", "done"].sum() == len(trajectories) >= 2
+        assert not steps["next", "invalid_action"].any()  # the chooser only emits admissible actions
+        assert steps["group_id"][0] == steps["group_id"][-1]  # both episodes belong to the first group
+        assert all(t in TASK_TYPES for t in steps["task_type"])
 
     def test_bad_options(self, games):
         with pytest.raises(ValueError, match="state_key"):
