@@ -210,6 +210,28 @@ class TextAgentEnv(ChatEnv):
         """How logs and errors name a task (e.g. its game file)."""
         return f"task {task_id}"
 
+    def demonstration(self, task_id: int) -> list[str] | None:
+        """A list of commands that solves the task (for behaviour cloning), if the env knows one."""
+        return None
+
+    def sampler_state(self) -> dict:
+        """The task sampler and group counters, for exact resumption between groups."""
+        return {
+            "rng": self._task_rng.getstate(),
+            "order": list(self._task_order),
+            "next_group": self._next_group,
+            "group": self._group,
+            "completed_in_group": self._completed_in_group,
+        }
+
+    def load_sampler_state(self, state: dict) -> None:
+        """Restore what :meth:`sampler_state` returned."""
+        self._task_rng.setstate(state["rng"])
+        self._task_order = list(state["order"])
+        self._next_group = state["next_group"]
+        self._group = None if state["group"] is None else tuple(state["group"])
+        self._completed_in_group = state["completed_in_group"]
+
     # -- specs -----------------------------------------------------------------------
     @staticmethod
     def _history_spec(shape, key: str) -> Composite:

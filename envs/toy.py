@@ -164,6 +164,9 @@ class ToyTextEnv(TextAgentEnv):
     def task_description(self, task_id: int) -> str:
         return f"reach the {self.tasks[task_id].goal}."
 
+    def demonstration(self, task_id: int) -> list[str]:
+        return [FORWARD] * (len(self.tasks[task_id].rooms) - 1)
+
     def _game_reset(self, task_id: int, episode_seed: int) -> GameState:
         self.game = ToyGame(self.tasks[task_id], slip=self.slip, distractors=self.distractors, seed=episode_seed)
         return self.game.reset()

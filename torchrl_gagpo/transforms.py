@@ -164,6 +164,11 @@ class StateKeyGrouping(Transform):
     Incomplete groups stay queued. :meth:`flush` releases them at their current
     size (their statistics use fewer trajectories); :meth:`clear` drops them.
 
+    Like torchrl's ``MCAdvantage``, it adds its keys to the steps it receives
+    (it never changes existing entries): torchrl's defensive clone of the batch
+    is skipped, since on lazy stacks of chat histories it costs twenty times
+    more than grouping and estimating.
+
     Args:
         group_size (int): trajectories per rollout group.
 
@@ -259,6 +264,19 @@ class StateKeyGrouping(Transform):
         """Drop every incomplete group."""
         self._queues.clear()
 
+    def counters(self) -> dict[str, int]:
+        """Counters to checkpoint (the dense ``state_group`` offset and the statistics)."""
+        return {"next_state_group": self._next_state_group, **{k: v for k, v in self.get_stats().items()
+                                                                if not k.startswith("pending")}}
+
+    def load_counters(self, counters: dict[str, int]) -> None:
+        """Restore :meth:`counters` (pending groups are not checkpointed: resume between groups)."""
+        self._next_state_group = counters["next_state_group"]
+        self.released_groups = counters["released_groups"]
+        self.dropped_groups = counters["dropped_groups"]
+        self.released_steps = counters["released_steps"]
+        self.flushed_groups = counters["flushed_groups"]
+
     def flush(self) -> TensorDictBase | None:
         """Release every incomplete group at its current size (``None`` if nothing is queued).
 
@@ -277,6 +295,10 @@ class StateKeyGrouping(Transform):
 
     def _call(self, next_tensordict: TensorDictBase) -> TensorDictBase:
         return next_tensordict
+
+    def inv(self, tensordict: TensorDictBase) -> TensorDictBase | None:
+        """Queue the trajectories of ``tensordict``; return the groups completed by them (or ``None``)."""
+        return self._inv_call(tensordict)
 
     def _rows(self, td: TensorDictBase) -> list[TensorDictBase]:
         if td.ndim == 0:

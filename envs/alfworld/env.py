@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from ..base import GameState, TextAgentEnv
 from .data import find_games, resolve_data_path
@@ -42,6 +44,7 @@ class ALFWorldEnv(TextAgentEnv):
             embedded set (or ``ALFWORLD_DATA`` when set).
         split (str): ``"train"``, ``"valid_seen"`` or ``"valid_unseen"``. Defaults to ``"train"``.
         task_types (iterable of str): subset of the six task types.
+        games_per_type (int, optional): keep only the first N games (sorted by path) of each type.
         state_key (str): ``"observation"`` (default: the digest of the observation
             text, as GiGPO's anchor state) or ``"observation+inventory"`` (also what
             the agent carries; slower engine steps).
@@ -65,6 +68,7 @@ class ALFWorldEnv(TextAgentEnv):
         data_path: str | os.PathLike | None = None,
         split: str = "train",
         task_types: Iterable[str] = TASK_TYPES,
+        games_per_type: int | None = None,
         state_key: str = "observation",
         engine: str = "process",
         max_steps: int = 50,
@@ -79,6 +83,14 @@ class ALFWorldEnv(TextAgentEnv):
         self.data_root = resolve_data_path(data_path)
         self.split = split
         self.games = find_games(self.data_root, split, task_types)
+        if games_per_type is not None:
+            if games_per_type < 1:
+                raise ValueError(f"games_per_type must be >= 1 or None, got {games_per_type}.")
+            per_type: dict[str, list] = {}
+            for game in self.games:
+                per_type.setdefault(game.task_type, []).append(game)
+            self.games = sorted((g for games in per_type.values() for g in games[:games_per_type]),
+                                key=lambda g: g.gamefile)
         self.engine_kind = engine
         self._inventory = state_key == "observation+inventory"
         if self._inventory and state_key_fn is None:
@@ -100,6 +112,10 @@ class ALFWorldEnv(TextAgentEnv):
 
     def task_description(self, task_id: int) -> str:
         return self._task_text
+
+    def demonstration(self, task_id: int) -> list[str] | None:
+        """The planner walkthrough stored in the game file."""
+        return json.loads(Path(self.games[task_id].gamefile).read_text()).get("walkthrough")
 
     def format_actions(self, actions: list[str]) -> str:
         return "\n " + "\n ".join(f"'{a}'" for a in actions) + "\n"

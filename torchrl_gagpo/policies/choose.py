@@ -118,15 +118,22 @@ class AdmissibleActionPolicy(TensorDictModuleBase):
 
     @torch.no_grad()
     def score(self, prompt: torch.Tensor, responses: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Token log-probs of each response given ``prompt`` (one tensor per response)."""
-        full = [torch.cat([prompt, r]) for r in responses]
-        ids = pad_sequence(full, batch_first=True, padding_value=self.tokenizer.pad_token_id).to(self.device)
-        lengths = torch.tensor([f.numel() for f in full], device=self.device)
-        attention = torch.arange(ids.shape[1], device=self.device)[None] < lengths[:, None]
-        logits = self.model(input_ids=ids, attention_mask=attention.long()).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        p = prompt.numel()
-        return [logp[i, p - 1 : p - 1 + r.numel()].cpu() for i, r in enumerate(responses)]
+        """Token log-probs of each response given ``prompt`` (one tensor per response).
+
+        The prompt is encoded once; its key/value cache is shared by all candidates.
+        """
+        device = self.device
+        prompt_out = self.model(input_ids=prompt[None].to(device), use_cache=True)
+        first = torch.log_softmax(prompt_out.logits[0, -1].float(), -1)
+        cache = prompt_out.past_key_values
+        cache.batch_repeat_interleave(len(responses))
+        ids = pad_sequence(responses, batch_first=True, padding_value=self.tokenizer.pad_token_id).to(device)
+        lengths = torch.tensor([r.numel() for r in responses], device=device)
+        mask = torch.cat([torch.ones(len(responses), prompt.numel(), dtype=torch.long, device=device),
+                          (torch.arange(ids.shape[1], device=device)[None] < lengths[:, None]).long()], 1)
+        logits = self.model(input_ids=ids, attention_mask=mask, past_key_values=cache).logits.float()
+        rest = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        return [torch.cat([first[r[:1].to(device)], rest[i, : r.numel() - 1]]).cpu() for i, r in enumerate(responses)]
 
     def _choose(self, scores: torch.Tensor) -> int:
         if self.greedy:
@@ -134,25 +141,28 @@ class AdmissibleActionPolicy(TensorDictModuleBase):
         probs = torch.softmax(scores / self.temperature, 0)
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
-    def _act(self, row: TensorDictBase) -> TensorDictBase:
+    def respond(self, row: TensorDictBase, action: str, token_logp: torch.Tensor | None = None) -> TensorDictBase:
+        """``row`` with the reply that takes ``action`` written as this policy writes it."""
         history = row["history"].prompt
+        prompt, response = self._prompt_ids(history), self._response_ids(action)
+        reply = History(role="assistant", content=self.action_template.format(action), batch_size=())
+        if token_logp is None:
+            token_logp = torch.full((response.numel(),), float("nan"))
+        row = row.copy()
+        row["history"] = ChatHistory(prompt=history, full=history.append(reply, inplace=False), batch_size=())
+        row["tokens"] = TensorDict(prompt=prompt, response=response, full=torch.cat([prompt, response]))
+        row["log_probs"] = TensorDict(full=torch.cat([torch.full((prompt.numel(),), float("nan")), token_logp]))
+        return row
+
+    def _act(self, row: TensorDictBase) -> TensorDictBase:
         actions = _texts(row.get(self.actions_key))
         if not actions:
             raise ValueError(f"no admissible actions under {self.actions_key!r}: nothing to choose from.")
-        prompt = self._prompt_ids(history)
-        responses = [self._response_ids(a) for a in actions]
-        token_logp = self.score(prompt, responses)
+        prompt = self._prompt_ids(row["history"].prompt)
+        token_logp = self.score(prompt, [self._response_ids(a) for a in actions])
         reduce = torch.mean if self.score_mode == "mean" else torch.sum
         choice = self._choose(torch.stack([reduce(lp) for lp in token_logp]))
-        response = responses[choice]
-        reply = History(role="assistant", content=self.action_template.format(actions[choice]), batch_size=())
-        full_history = history.append(reply, inplace=False)
-        nan_prompt = torch.full((prompt.numel(),), float("nan"))
-        row = row.copy()
-        row["history"] = ChatHistory(prompt=history, full=full_history, batch_size=())
-        row["tokens"] = TensorDict(prompt=prompt, response=response, full=torch.cat([prompt, response]))
-        row["log_probs"] = TensorDict(full=torch.cat([nan_prompt, token_logp[choice]]))
-        return row
+        return self.respond(row, actions[choice], token_logp[choice])
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         """Choose an action for every environment of the batch."""

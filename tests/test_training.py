@@ -1,0 +1,164 @@
+"""The training layer: configs, the loop, resume, Ctrl-C, evaluation and the example scripts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from torchrl_gagpo.training.config import TrainConfig, parse_config
+from torchrl_gagpo.training.envs import make_env
+from torchrl_gagpo.training.logging import read_metrics
+from torchrl_gagpo.training.trainer import train
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY = ["--env", "toy", "--max_steps", "6", "--num_envs", "2", "--groups_per_iter", "4", "--group_size", "2",
+       "--eval_episodes", "16", "--eval_greedy", "false", "--minibatch_size", "16", "--lr", "1e-2", "--logger", "csv",
+       "--progress", "false", "--choose_score", "mean"]
+
+
+def toy_config(out, **overrides) -> TrainConfig:
+    argv = TOY + ["--out", str(out)] + [x for k, v in overrides.items() for x in (f"--{k}", str(v))]
+    return parse_config(TrainConfig, argv)
+
+
+def comparable(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
+
+
+class TestConfig:
+    def test_overrides_and_yaml(self, tmp_path):
+        (tmp_path / "c.yaml").write_text("lr: 0.5\ngroup_size: 3\n")
+        cfg = parse_config(TrainConfig, ["--config", str(tmp_path / "c.yaml"), "--lr", "0.25", "--resume"])
+        assert cfg.lr == 0.25 and cfg.group_size == 3 and cfg.resume is True
+
+    @pytest.mark.parametrize(
+        "argv, message",
+        [
+            (["--estimator", "ppo"], "estimator must be one of"),
+            (["--group_size", "1"], "group_size must be >= 2"),
+            (["--model_path", "/nonexistent/model"], "model_path /nonexistent/model is not a directory"),
+            (["--policy", "write"], "policy must be one of"),
+        ],
+    )
+    def test_bad_configs_fail_at_start(self, argv, message, capsys):
+        with pytest.raises(SystemExit) as exit_info:
+            parse_config(TrainConfig, argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+    def test_bad_config_through_the_example(self):
+        out = subprocess.run([sys.executable, "examples/alfworld_gagpo.py", "--estimator", "ppo"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and "estimator must be one of" in out.stderr
+
+
+class TestLoop:
+    def test_learns_the_toy_task(self, tmp_path):
+        summary = train(toy_config(tmp_path / "run", iterations=5), make_env)
+        assert summary["success_after"] > summary["success_before"]
+        rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+        assert len(rows) == 5 and rows[-1]["env_steps"] == summary["env_steps"]
+        for key in ("success_rate", "advantage_iqr", "advantage_abs_gt1", "singleton_share", "clip_fraction",
+                    "time_advantage_s", "time_update_s", "state_group_size_hist"):
+            assert key in rows[0], key
+        for name in ("summary.json", "curves.png", "eval/before.md", "eval/after.json", "config.json"):
+            assert (tmp_path / "run" / name).is_file(), name
+
+    def test_resume_equals_an_uninterrupted_run(self, tmp_path):
+        train(toy_config(tmp_path / "full", iterations=4, checkpoint_every=2), make_env)
+        train(toy_config(tmp_path / "split", iterations=2, checkpoint_every=2), make_env)
+        train(toy_config(tmp_path / "split", iterations=4, checkpoint_every=2, resume=True), make_env)
+        full = comparable(read_metrics(tmp_path / "full" / "metrics.jsonl"))
+        split = comparable(read_metrics(tmp_path / "split" / "metrics.jsonl"))
+        assert [r["iteration"] for r in split] == [0, 1, 2, 3]
+        assert split == full
+        a = json.loads((tmp_path / "full" / "summary.json").read_text())
+        b = json.loads((tmp_path / "split" / "summary.json").read_text())
+        assert (a["success_before"], a["success_after"], a["env_steps"]) == (b["success_before"], b["success_after"], b["env_steps"])
+
+    @pytest.mark.slow
+    def test_ctrl_c_saves_a_checkpoint(self, tmp_path):
+        out = tmp_path / "run"
+        cmd = [sys.executable, "-m", "torchrl_gagpo.training", *TOY, "--out", str(out), "--iterations", "200",
+               "--checkpoint_every", "1000"]
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 240
+        while time.time() < deadline and len(read_metrics(out) if (out / "metrics.jsonl").exists() else []) < 2:
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=240)
+        assert proc.returncode != 0 and "checkpoint saved" in stdout, stdout[-2000:]
+        from torchrl_gagpo.training.checkpoint import latest_checkpoint, load_checkpoint
+
+        state = load_checkpoint(latest_checkpoint(out))["state"]
+        done = state["iteration"]
+        assert done >= 2 and len(read_metrics(out)) == done
+        resumed = subprocess.run(cmd[:-4] + ["--iterations", str(done + 1), "--resume"], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert len(read_metrics(out)) == done + 1 and (out / "summary.json").is_file()
+
+
+def test_choose_log_prob_equals_a_fresh_scoring():
+    """The chooser's stored log-prob of the chosen action equals the scorer's (the loss's) log-prob."""
+    from tensordict import lazy_stack
+
+    from torchrl_gagpo.envs import ToyTextEnv
+    from torchrl_gagpo.policies import AdmissibleActionPolicy, make_tiny_model, make_tiny_tokenizer
+    from torchrl_gagpo.training.models import make_scorer, score_tokens
+
+    tok = make_tiny_tokenizer()
+    model = make_tiny_model(tok)
+    policy = AdmissibleActionPolicy(model, tok, score="sum", generator=torch.Generator().manual_seed(0))
+    row = policy(ToyTextEnv(seed=0).reset())[0]
+    stored = row.get(("log_probs", "full"))
+    fresh = row.copy()
+    score_tokens(make_scorer(model, tok), [fresh], out_key=("rescored", "full"))
+    n = row.get(("tokens", "response")).numel()
+    torch.testing.assert_close(stored[-n:], fresh.get(("rescored", "full"))[-n:], atol=1e-4, rtol=1e-4)
+    assert torch.isnan(stored[:-n]).all()
+
+
+@pytest.fixture(scope="module")
+def alfworld_games(tmp_path_factory):
+    from torchrl_gagpo.envs.alfworld import generate_games
+
+    root = tmp_path_factory.mktemp("alfworld_train")
+    generate_games(root, per_type=1, splits=["train"], progress=False)
+    return root
+
+
+@pytest.mark.slow
+def test_alfworld_example_smoke_and_evaluate(alfworld_games, tmp_path):
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "ALFWORLD_DATA"}
+    cmd = [sys.executable, "examples/alfworld_gagpo.py", "--data_path", str(alfworld_games), "--out", str(out),
+           "--iterations", "1", "--warmup_steps", "2", "--games_per_type", "1", "--groups_per_iter", "2",
+           "--group_size", "2", "--max_steps", "3", "--eval_episodes", "2", "--num_envs", "1",
+           "--minibatch_size", "8", "--logger", "csv", "--progress", "false"]
+    start = time.time()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert time.time() - start < 90
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("success_before", "success_after", "iterations", "env_steps", "wall_time_s"):
+        assert key in summary
+    assert "| Pick | Look | Clean | Heat | Cool | Pick2 | All |" in done.stdout
+    assert (out / "curves.png").stat().st_size > 5000
+    evaluated = subprocess.run([sys.executable, "examples/evaluate.py", "--run", str(out), "--eval_episodes", "2"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "| Pick | Look | Clean | Heat | Cool | Pick2 | All |" in evaluated.stdout
+    table = json.loads((out / "eval" / "evaluate.json").read_text())
+    assert table["summary"]["episodes"] == 2
+
+
+if __name__ == "__main__":
+    pytest.main([__file__, "-v"])

@@ -1,0 +1,3 @@
+"""Training of LLM agents with GAGPO and its baselines: the loop and its run utilities."""
+
+from __future__ import annotations

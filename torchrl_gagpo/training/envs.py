@@ -1,0 +1,42 @@
+"""Environment factories for the trainer: ``factory(cfg, split, seed) -> TextAgentEnv``."""
+
+from __future__ import annotations
+
+from .config import TrainConfig
+
+__all__ = ["ENV_FACTORIES", "make_env"]
+
+
+def _common(cfg: TrainConfig, seed: int) -> dict:
+    return {
+        "group_size": cfg.group_size,
+        "max_steps": cfg.max_steps,
+        "history_length": cfg.history_length,
+        "invalid_action_penalty": cfg.invalid_action_penalty,
+        "seed": seed,
+    }
+
+
+def alfworld_env(cfg: TrainConfig, split: str, seed: int):
+    from ..envs.alfworld import ALFWorldEnv
+
+    return ALFWorldEnv(data_path=cfg.data_path, split=split, games_per_type=cfg.games_per_type, **_common(cfg, seed))
+
+
+def toy_env(cfg: TrainConfig, split: str, seed: int):
+    from ..envs import ToyTextEnv
+
+    # the toy tasks have no splits: every split plays the same corridors
+    return ToyTextEnv(num_tasks=16, min_rooms=3, max_rooms=4, **_common(cfg, seed))
+
+
+ENV_FACTORIES = {"alfworld": alfworld_env, "toy": toy_env}
+
+
+def make_env(cfg: TrainConfig, split: str, seed: int):
+    """The environment ``cfg.env`` names."""
+    try:
+        factory = ENV_FACTORIES[cfg.env]
+    except KeyError:
+        raise ValueError(f"unknown env {cfg.env!r}; choose from {sorted(ENV_FACTORIES)}") from None
+    return factory(cfg, split, seed)

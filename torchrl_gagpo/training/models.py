@@ -1,0 +1,94 @@
+"""Models for training: the tiny in-process LM or a local Hugging Face checkpoint, and the scoring pass."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from tensordict import TensorDictBase, lazy_stack
+from torchrl.modules.llm import TransformersWrapper
+
+from .._utils import require
+from ..policies import configure_generation, make_tiny_model, make_tiny_tokenizer
+from .config import TrainConfig
+
+__all__ = ["build_model", "make_scorer", "reference_scorer", "score_tokens"]
+
+
+def _dtype(cfg: TrainConfig) -> torch.dtype:
+    if cfg.dtype == "auto":
+        return torch.bfloat16 if cfg.device.startswith("cuda") else torch.float32
+    return getattr(torch, cfg.dtype)
+
+
+def build_model(cfg: TrainConfig, checkpoint: str | Path | None = None):
+    """``(model, tokenizer)``: from ``checkpoint``, ``cfg.model_path`` (local only) or the tiny model."""
+    transformers = require("transformers", "test")
+    source = checkpoint or cfg.model_path
+    if source is None:
+        tokenizer = make_tiny_tokenizer()
+        model = make_tiny_model(tokenizer, seed=cfg.seed)
+    else:
+        source = str(Path(source).expanduser())
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=True)
+        if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+            # pad must differ from EOS, or torchrl's wrappers drop the EOS of every response
+            tokenizer.add_special_tokens({"pad_token": "<|pad|>"}) if tokenizer.pad_token_id is None else None
+            if tokenizer.pad_token_id == tokenizer.eos_token_id:
+                raise ValueError(f"{source}: the tokenizer's pad token equals its EOS token; set a distinct pad token.")
+        tokenizer.padding_side = "left"
+        model = transformers.AutoModelForCausalLM.from_pretrained(source, local_files_only=True, dtype=_dtype(cfg))
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))
+        configure_generation(model, tokenizer)
+    model = model.to(device=cfg.device, dtype=_dtype(cfg))
+    if cfg.lora_rank > 0 and not _is_peft(model):
+        peft = require("peft", "lora")
+        target = ["q_proj", "k_proj", "v_proj", "o_proj"]
+        model = peft.get_peft_model(model, peft.LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank, target_modules=target))
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model.eval(), tokenizer
+
+
+def _is_peft(model) -> bool:
+    return hasattr(model, "disable_adapter")
+
+
+def make_scorer(model, tokenizer) -> TransformersWrapper:
+    """A torchrl wrapper that scores stored ``("tokens", "full")`` (never a re-tokenised history)."""
+    return TransformersWrapper(
+        model, tokenizer=tokenizer, input_mode="tokens", generate=False, return_log_probs=True, pad_output=False
+    )
+
+
+@torch.no_grad()
+def score_tokens(scorer: TransformersWrapper, rows: list[TensorDictBase], out_key=("log_probs", "full"),
+                 chunk_size: int = 16) -> None:
+    """Write the log-prob of every token of ``("tokens", "full")`` into ``out_key`` of each row.
+
+    This is the behaviour log-prob the loss compares against: computed by the same
+    scoring path as the loss, over the stored tokens, so the ratio is exactly 1
+    before the first update.
+    """
+    for start in range(0, len(rows), chunk_size):
+        chunk = rows[start : start + chunk_size]
+        tokens = lazy_stack([r.select(("tokens", "full")) for r in chunk])
+        scored = scorer(tokens)
+        for row, lp in zip(chunk, scored.get(("log_probs", "full"), as_list=True)):
+            row.set(out_key, lp.detach().float().cpu())
+
+
+def reference_scorer(model, tokenizer):
+    """Scorer of the reference policy for the KL term: the base with LoRA adapters off, or a frozen copy."""
+    if _is_peft(model):
+
+        class _AdaptersOff:
+            def __call__(self, td):
+                with model.disable_adapter():
+                    return make_scorer(model, tokenizer)(td)
+
+        return _AdaptersOff()
+    frozen = copy.deepcopy(model).eval().requires_grad_(False)
+    return make_scorer(frozen, tokenizer)
