@@ -1,6 +1,21 @@
 """Environment throughput: reset latency, steps/s, wrapper overhead and parallel workers.
 
     python benchmarks/env_throughput.py --env alfworld [--quick] [--json PATH]
+    python benchmarks/env_throughput.py --env webshop [--quick] [--json PATH]
+
+WebShop (one row per level):
+
+* ``level="engine"``: ``WebShopEngine`` played with random available actions, each
+  step producing the observation text and the clickables from the page model
+  (``steps_per_s``), against the original's way of producing the same strings:
+  render the page's HTML and parse it back with BeautifulSoup, twice per step as the
+  original's ``step`` + ``get_available_actions`` do (``html_steps_per_s``). The same
+  pages in the same run; the text of both paths is checked equal. ``speedup`` is the
+  ratio.
+* ``level="env"``: ``WebShopEnv.step`` with random admissible replies (resets
+  included); ``reset_s`` is the mean time of a reset.
+
+ALFWorld:
 
 * ``reset_s``: mean wall time of a reset (a new game loaded every time, the worst case).
 * ``steps_per_s`` with ``workers=1``: one ``ALFWorldEnv`` instance (engine in its own
@@ -123,13 +138,92 @@ def measure_alfworld(data_path: Path, quick: bool) -> list[dict]:
     return rows
 
 
+def measure_webshop(quick: bool) -> list[dict]:
+    from torchrl_gagpo.envs.webshop import WebShopData, WebShopEngine, WebShopEnv, clickables, page_text, search_query
+    from torchrl_gagpo.envs.webshop.html import html_clickables, html_to_text, render_html
+
+    data = WebShopData.load()
+    n_steps = 100 if quick else 1000
+    rng = random.Random(0)
+    engine = WebShopEngine(data)
+
+    def random_command(goal_index: int) -> str:
+        if engine.page is None or engine.page.kind == "done":
+            engine.reset(goal_index)
+        available = engine.available_actions()
+        if available["has_search_bar"]:
+            return f"search[{search_query(engine.page.instruction)}]"
+        return f"click[{rng.choice(available['clickables'])}]"
+
+    # one fixed random walk: (goal, command) pairs, replayed by both paths
+    walk = []
+    for i in range(n_steps):
+        goal = i // 10 % len(data.goals)
+        walk.append((goal, random_command(goal)))
+        engine.step(walk[-1][1])
+
+    def replay(observe) -> tuple[float, list[str]]:
+        engine.page = None
+        texts = []
+        start = time.perf_counter()
+        for goal, command in walk:
+            if engine.page is None or engine.page.kind == "done":
+                engine.reset(goal)
+            page = engine.step(command).page
+            texts.append(observe(page))
+        return time.perf_counter() - start, texts
+
+    def direct(page):
+        clickables(page)
+        return page_text(page)
+
+    def via_html(page):
+        html = render_html(page)
+        html_clickables(html)  # the original parses the page once for the actions ...
+        return html_to_text(html)  # ... and once more for the observation
+
+    replay(direct)  # warm the search cache: both timed paths then see the same cached searches
+    direct_s, direct_texts = replay(direct)
+    html_s, html_texts = replay(via_html)
+    if direct_texts != html_texts:
+        raise AssertionError("the page model's text differs from the HTML's parsed text")
+    engine_row = {"env": "webshop", "level": "engine", "steps_per_s": n_steps / direct_s,
+                  "html_steps_per_s": n_steps / html_s, "speedup": html_s / direct_s, "steps": n_steps}
+
+    env = WebShopEnv(data=data, group_size=4, seed=0)
+    resets = []
+    for _ in range(5 if quick else 50):
+        t = time.perf_counter()
+        env.reset()
+        resets.append(time.perf_counter() - t)
+    env_steps = n_steps // 5
+    env_s = run_steps(env, env_steps, seed=0)
+    engine_row["reset_s"] = statistics.mean(resets)
+    env_row = {"env": "webshop", "level": "env", "steps_per_s": env_steps / env_s, "reset_s": statistics.mean(resets)}
+    print(f"engine: {engine_row['steps_per_s']:8.0f} steps/s with the page model, "
+          f"{engine_row['html_steps_per_s']:6.1f} steps/s rendering + parsing HTML ({engine_row['speedup']:.0f}x)")
+    print(f"WebShopEnv: {env_row['steps_per_s']:.1f} steps/s, reset {env_row['reset_s'] * 1e3:.1f} ms")
+    return [engine_row, env_row]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env", default="alfworld", choices=["alfworld"])
+    parser.add_argument("--env", default="alfworld", choices=["alfworld", "webshop"])
     parser.add_argument("--quick", action="store_true", help="fewer steps; well under a minute")
     parser.add_argument("--json", default=None, help="write the rows as JSON here")
     parser.add_argument("--data-path", default=None, help="games to use (default: generate 1 per type)")
     args = parser.parse_args()
+    if args.env == "webshop":
+        rows = measure_webshop(args.quick)
+    else:
+        rows = alfworld_rows(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def alfworld_rows(args) -> list[dict]:
     from torchrl_gagpo.envs.alfworld import TASK_TYPES, generate_games
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -137,11 +231,7 @@ def main() -> None:
         if args.data_path is None:
             types = TASK_TYPES[:2] if args.quick else TASK_TYPES
             generate_games(data_path, per_type=1, splits=["train"], task_types=types, progress=False)
-        rows = measure_alfworld(data_path, args.quick)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
-        print(f"wrote {args.json}")
-    return 0
+        return measure_alfworld(data_path, args.quick)
 
 
 if __name__ == "__main__":

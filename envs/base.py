@@ -27,7 +27,7 @@ from torchrl.modules.llm.policies import ChatHistory
 
 from torchrl_gagpo._utils import normalize_text, state_digest
 
-__all__ = ["GameState", "TextAgentEnv", "parse_action"]
+__all__ = ["GameState", "TextAgentEnv", "extract_action", "parse_action"]
 
 logger = logging.getLogger("torchrl_gagpo.envs")
 
@@ -39,6 +39,26 @@ _CLOSE_RE = re.compile(r"</action>", _TAGS)
 _ROLE_MARKERS = re.compile(
     r"<\|(im_start|im_end|endoftext|eot_id|start_header_id|end_header_id)\|>", re.IGNORECASE | re.ASCII
 )
+
+
+def extract_action(text: Any) -> tuple[str, bool]:
+    """The command inside an LLM reply and whether the reply is well-formed; see :func:`parse_action`.
+
+    Examples:
+        >>> extract_action("<think>hm</think><action> Go  Forward </action>")
+        ('go forward', True)
+        >>> extract_action("no tags at all")
+        ('no tags at all', False)
+    """
+    if not isinstance(text, str):
+        return "", False
+    clean = _ROLE_MARKERS.sub(" ", text).replace("\ufffd", "").replace("\x00", "")
+    too_long = len(text) > MAX_RESPONSE_CHARS
+    window = clean[-30:] if too_long else clean
+    matches = _ACTION_RE.findall(window)
+    tagged = len(matches) == 1 and len(_OPEN_RE.findall(window)) == 1 and len(_CLOSE_RE.findall(window)) == 1
+    command = normalize_text(matches[-1] if matches else window[-30:]).lower()
+    return command, bool(tagged and command and not too_long and clean == text)
 
 
 def parse_action(text: Any, admissible: Sequence[str]) -> tuple[str, bool]:
@@ -62,15 +82,8 @@ def parse_action(text: Any, admissible: Sequence[str]) -> tuple[str, bool]:
         >>> parse_action("<action>look</action><action>look</action>", ["look"])
         ('look', False)
     """
-    if not isinstance(text, str):
-        return "", False
-    clean = _ROLE_MARKERS.sub(" ", text).replace("\ufffd", "").replace("\x00", "")
-    too_long = len(text) > MAX_RESPONSE_CHARS
-    window = clean[-30:] if too_long else clean
-    matches = _ACTION_RE.findall(window)
-    tagged = len(matches) == 1 and len(_OPEN_RE.findall(window)) == 1 and len(_CLOSE_RE.findall(window)) == 1
-    command = normalize_text(matches[-1] if matches else window[-30:]).lower()
-    if not tagged or not command or too_long or clean != text:
+    command, well_formed = extract_action(text)
+    if not well_formed:
         return command, False
     lookup = {normalize_text(a).lower(): a for a in admissible}
     if command in lookup:
@@ -87,12 +100,18 @@ class GameState:
         admissible_actions: the commands the engine accepts now.
         won: the task is solved.
         info: engine extras (``task_type``, ...).
+        finished: the episode is over even though the task may not be solved
+            (WebShop: a purchase). A won episode is always over.
+        score: the task's graded score in [0, 1] (WebShop's purchase score);
+            ``None`` means ``float(won)``.
     """
 
     observation: str
     admissible_actions: list[str]
     won: bool = False
     info: dict = field(default_factory=dict)
+    finished: bool = False
+    score: float | None = None
 
 
 DEFAULT_PROMPT = (
@@ -124,8 +143,8 @@ class TextAgentEnv(ChatEnv):
     Every step writes the data contract of ``torchrl_gagpo``: ``history.prompt``
     (the next prompt), ``observation``, ``admissible_actions``, ``state_key``,
     ``task_id``, ``group_id``, ``turn``, ``won``, ``invalid_action``,
-    ``engine_error``, ``reward``, ``done``/``terminated``/``truncated``, plus the
-    subclass's ``info_keys`` (e.g. ``task_type``). The reward is
+    ``engine_error``, ``task_score``, ``reward``, ``done``/``terminated``/``truncated``,
+    plus the subclass's ``info_keys`` (e.g. ``task_type``). The reward is
     ``success_reward`` on success minus ``invalid_action_penalty`` for an invalid
     reply. If the engine raises during a step, the episode ends as truncated
     with ``engine_error`` set, the error is logged with :meth:`describe_task`, and
@@ -202,6 +221,10 @@ class TextAgentEnv(ChatEnv):
         """Apply ``command`` (valid or not) and report the new state."""
         raise NotImplementedError
 
+    def parse_reply(self, text: Any, state: GameState) -> tuple[str, bool]:
+        """``(command, valid)`` of the agent's reply in ``state``; default :func:`parse_action`."""
+        return parse_action(text, state.admissible_actions)
+
     def task_info(self, task_id: int) -> dict[str, str]:
         """Values of :attr:`info_keys` for a task."""
         return {}
@@ -254,6 +277,7 @@ class TextAgentEnv(ChatEnv):
             won=Categorical(2, shape=(*b, 1), dtype=torch.bool),
             invalid_action=Categorical(2, shape=(*b, 1), dtype=torch.bool),
             engine_error=Categorical(2, shape=(*b, 1), dtype=torch.bool),
+            task_score=Unbounded(shape=(*b, 1), dtype=torch.float32),
             **{key: NonTensor(shape=b, example_data="text") for key in self.info_keys},
             shape=b,
         )
@@ -339,6 +363,7 @@ class TextAgentEnv(ChatEnv):
             won=torch.tensor([[state.won]]),
             invalid_action=torch.tensor([[invalid]]),
             engine_error=torch.tensor([[error]]),
+            task_score=torch.tensor([[float(state.won) if state.score is None else state.score]], dtype=torch.float32),
             reward=torch.tensor([[reward]], dtype=torch.float32),
             terminated=torch.tensor([[terminated]]),
             truncated=torch.tensor([[truncated]]),
@@ -381,7 +406,7 @@ class TextAgentEnv(ChatEnv):
         if not ep or ep["state"] is None:
             raise RuntimeError(f"{type(self).__name__}.step() called before reset() (or after the episode ended).")
         before = ep["state"]
-        command, valid = parse_action(self._reply_text(tensordict), before.admissible_actions)
+        command, valid = self.parse_reply(self._reply_text(tensordict), before)
         try:
             state = self._game_step(command)
         except Exception as err:  # noqa: BLE001 - any engine failure ends the episode, not the batch
@@ -393,9 +418,9 @@ class TextAgentEnv(ChatEnv):
         ep["turn"] += 1
         ep["memory"].append((before.observation, command))
         ep["state"] = state
-        terminated = bool(state.won)
+        terminated = bool(state.won or state.finished)
         truncated = ep["turn"] >= self.max_steps and not terminated
-        reward = self.success_reward * terminated - (0.0 if valid else self.invalid_action_penalty)
+        reward = self.success_reward * bool(state.won) - (0.0 if valid else self.invalid_action_penalty)
         if (terminated or truncated) and not ep["forced"]:
             self._completed_in_group += 1
         return self._observe(state, reward=reward, invalid=not valid, done=(terminated, truncated))

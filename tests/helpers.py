@@ -1,9 +1,40 @@
-"""Builders of small trajectory batches on the data contract."""
+"""Builders of small trajectory batches on the data contract, and env-stepping helpers."""
 
 from __future__ import annotations
 
 import torch
-from tensordict import TensorDict
+from tensordict import TensorDict, lazy_stack
+from torchrl.data.llm import History
+from torchrl.modules.llm.policies import ChatHistory
+
+
+def with_reply(td, reply):
+    """``td`` (a reset/next tensordict) plus an action: the full history ending with ``reply``.
+
+    ``reply=None`` builds a full history whose last message is the user's (no assistant reply).
+    """
+    prompt = td["history"].prompt
+    full = prompt[0]
+    if reply is not None:
+        full = full.append(History(role="assistant", content=reply, batch_size=()), inplace=False)
+    td = td.copy()
+    td["history"] = ChatHistory(prompt=prompt, full=lazy_stack([full]), batch_size=(1,))
+    return td
+
+
+def step(env, td, reply):
+    """One env step with the assistant reply ``reply``; returns the ``next`` tensordict."""
+    return env.step(with_reply(td, reply))["next"]
+
+
+def tagged(action: str) -> str:
+    """A well-formed reply that takes ``action``."""
+    return f"<think>let me see</think><action>{action}</action>"
+
+
+def force(task_id: int, group_id: int = 100) -> TensorDict:
+    """A reset tensordict that starts ``task_id`` in group ``group_id`` (does not use up a group member)."""
+    return TensorDict(task_id=torch.tensor([[task_id]]), group_id=torch.tensor([[group_id]]), batch_size=(1,))
 
 
 def trajectory(group_id: int, states: list[int], rewards: list[float], **extra) -> TensorDict:

@@ -11,12 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensordict import TensorDict, lazy_stack
-from torchrl.data.llm import History
+from helpers import force, step, with_reply
+from tensordict import lazy_stack
 from torchrl.envs import AsyncEnvPool
 from torchrl.envs.utils import check_env_specs
-from torchrl.modules.llm.policies import ChatHistory
-
 from torchrl_gagpo.envs.alfworld import SPLITS, TASK_TYPES, ALFWorldEnv, find_games, generate_games
 from torchrl_gagpo.envs.alfworld import data as alf_data
 
@@ -37,20 +35,7 @@ def _no_user_data(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("TORCHRL_GAGPO_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
-def reply(td, text: str):
-    """``td`` with the assistant reply ``text`` appended to its prompt, as a policy writes it."""
-    prompt = td["history"].prompt
-    full = prompt[0].append(History(role="assistant", content=text, batch_size=()), inplace=False)
-    td["history"] = ChatHistory(prompt=prompt, full=lazy_stack([full]), batch_size=(1,))
-    return td
-
-
-def act(env, td, text: str):
-    return env.step(reply(td, text))["next"]
-
-
-def force(task_id: int, group_id: int = 100) -> TensorDict:
-    return TensorDict(task_id=torch.tensor([[task_id]]), group_id=torch.tensor([[group_id]]), batch_size=(1,))
+reply, act = with_reply, step
 
 
 def walkthrough(env, task_id: int) -> list[str]:

@@ -9,18 +9,17 @@ import sys
 
 import pytest
 import torch
+from helpers import step, tagged, with_reply
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tensordict import TensorDict, lazy_stack
-from torchrl.data.llm import History
+from tensordict import TensorDict
 from torchrl.envs.utils import check_env_specs
-from torchrl.modules.llm.policies import ChatHistory
-
-import torchrl_gagpo
-from torchrl_gagpo._utils import normalize_text
 from torchrl_gagpo.envs import GameState, ToyGame, ToyTask, ToyTextEnv, parse_action
 from torchrl_gagpo.envs.base import MAX_RESPONSE_CHARS
 from torchrl_gagpo.envs.toy import DISTRACTORS, make_tasks
+
+import torchrl_gagpo
+from torchrl_gagpo._utils import normalize_text
 from torchrl_gagpo.policies import AdmissibleActionPolicy
 
 TASK = ToyTask(0, ("hall", "kitchen", "cellar", "garden"))
@@ -50,22 +49,7 @@ def probe_process():
 # -- helpers ---------------------------------------------------------------------------
 
 
-def with_reply(td, reply):
-    """``td`` (a reset/next tensordict) plus an action: the full history ending with ``reply``.
-
-    ``reply=None`` builds a full history whose last message is the user's (no assistant reply).
-    """
-    prompt = td["history"].prompt
-    full = prompt[0]
-    if reply is not None:
-        full = full.append(History(role="assistant", content=reply, batch_size=()), inplace=False)
-    td = td.copy()
-    td["history"] = ChatHistory(prompt=prompt, full=lazy_stack([full]), batch_size=(1,))
-    return td
-
-
-def act(action: str) -> str:
-    return f"<think>let me see</think><action>{action}</action>"
+act = tagged
 
 
 def prompt_text(td) -> str:
@@ -83,11 +67,6 @@ def scalar(td, key):
 
 def obs(td) -> str:
     return td["observation"][0]
-
-
-def step(env, td, reply):
-    """One env step; returns the ``next`` tensordict."""
-    return env.step(with_reply(td, reply))["next"]
 
 
 def play_episode(env, actions, td=None):

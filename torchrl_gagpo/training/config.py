@@ -46,6 +46,8 @@ class TrainConfig:
     data_path: str | None = _doc("games/catalog directory (None: the embedded default)", None)
     split: str = _doc("training split", "train")
     games_per_type: int | None = _doc("ALFWorld: keep the first N games of each task type (None: all)", None)
+    human_goals: bool = _doc("WebShop: human-written goals (else synthetic ones)", True)
+    num_goals: int | None = _doc("WebShop: keep the first N goals of the split (None: all)", None)
     max_steps: int = _doc("turns before truncation", 50)
     history_length: int = _doc("past observation/action pairs in the prompt", 2)
     num_envs: int = _doc("environment instances stepped in parallel (one engine process each)", 2)

@@ -23,6 +23,19 @@ def alfworld_env(cfg: TrainConfig, split: str, seed: int):
     return ALFWorldEnv(data_path=cfg.data_path, split=split, games_per_type=cfg.games_per_type, **_common(cfg, seed))
 
 
+_WEBSHOP_DATA: dict = {}
+
+
+def webshop_env(cfg: TrainConfig, split: str, seed: int):
+    from ..envs.webshop import WebShopData, WebShopEnv
+
+    # one loaded catalog (products, goals, search index) shared by every env instance
+    key = (cfg.data_path, cfg.human_goals)
+    if key not in _WEBSHOP_DATA:
+        _WEBSHOP_DATA[key] = WebShopData.load(cfg.data_path, human_goals=cfg.human_goals)
+    return WebShopEnv(data=_WEBSHOP_DATA[key], split=split, num_goals=cfg.num_goals, **_common(cfg, seed))
+
+
 def toy_env(cfg: TrainConfig, split: str, seed: int):
     from ..envs import ToyTextEnv
 
@@ -30,7 +43,7 @@ def toy_env(cfg: TrainConfig, split: str, seed: int):
     return ToyTextEnv(num_tasks=16, min_rooms=3, max_rooms=4, **_common(cfg, seed))
 
 
-ENV_FACTORIES = {"alfworld": alfworld_env, "toy": toy_env}
+ENV_FACTORIES = {"alfworld": alfworld_env, "webshop": webshop_env, "toy": toy_env}
 
 
 def make_env(cfg: TrainConfig, split: str, seed: int):

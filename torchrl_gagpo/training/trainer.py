@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def behaviour_cloning(model, pairs, *, steps: int, lr: float, batch_size: int, s
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return float(loss)
+    return loss.item()
 
 
 # -- metrics --------------------------------------------------------------------------------
@@ -112,6 +113,9 @@ def advantage_metrics(data: TensorDictBase) -> dict:
 def train(cfg: TrainConfig, env_factory: EnvFactory) -> dict:
     """Run GAGPO (or a baseline estimator) as configured; returns the summary written to ``summary.json``."""
     cfg.validate()
+    # torchrl 0.14's TransformersWrapper scores log-probs with cross_entropy(reduce=False),
+    # which warns on every scoring pass; the values are right, the warning is noise
+    warnings.filterwarnings("ignore", message="size_average and reduce args will be deprecated")
     start_time = time.time()
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
