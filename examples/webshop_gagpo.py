@@ -18,13 +18,11 @@ TensorBoard, curves.png, eval/*.md|json, checkpoints, summary.json.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 
-from torchrl_gagpo.training.config import TrainConfig, _doc, parse_config
-from torchrl_gagpo.training.envs import make_env
-from torchrl_gagpo.training.trainer import train
+from torchrl_gagpo.training.cli import main
+from torchrl_gagpo.training.config import TrainConfig, _doc
 
 
 @dataclass
@@ -49,14 +47,5 @@ class WebShopConfig(TrainConfig):
     checkpoint_every: int = _doc("checkpoint period", 4)
 
 
-def main(argv=None) -> int:
-    cfg = parse_config(WebShopConfig, argv)
-    summary = train(cfg, make_env)
-    keys = ("success_before", "success_after", "iterations", "env_steps", "wall_time_s")
-    print(json.dumps({k: summary[k] for k in keys}, indent=1))
-    print(f"curves: {cfg.out}/curves.png   summary: {cfg.out}/summary.json")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(WebShopConfig))

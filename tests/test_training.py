@@ -160,5 +160,25 @@ def test_alfworld_example_smoke_and_evaluate(alfworld_games, tmp_path):
     assert table["summary"]["episodes"] == 2
 
 
+@pytest.mark.slow
+def test_webshop_example_smoke_and_evaluate(tmp_path):
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "WEBSHOP_DATA"}
+    cmd = [sys.executable, "examples/webshop_gagpo.py", "--out", str(out), "--iterations", "1", "--warmup_steps", "2",
+           "--num_goals", "2", "--groups_per_iter", "2", "--group_size", "2", "--max_steps", "3",
+           "--eval_episodes", "2", "--num_envs", "1", "--minibatch_size", "8", "--logger", "csv", "--progress", "false"]
+    start = time.time()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert time.time() - start < 90
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["iterations"] == 1 and summary["env_steps"] == 12 and 0 <= summary["success_after"] <= 1
+    assert "| Score | Success |" in done.stdout
+    evaluated = subprocess.run([sys.executable, "examples/evaluate.py", "--run", str(out), "--eval_episodes", "2"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "| Score | Success |" in evaluated.stdout
+
+
 if __name__ == "__main__":
     pytest.main([__file__, "-v"])

@@ -43,7 +43,14 @@ def toy_env(cfg: TrainConfig, split: str, seed: int):
     return ToyTextEnv(num_tasks=16, min_rooms=3, max_rooms=4, **_common(cfg, seed))
 
 
-ENV_FACTORIES = {"alfworld": alfworld_env, "webshop": webshop_env, "toy": toy_env}
+def credit_env(cfg: TrainConfig, split: str, seed: int):
+    from ..envs.credit import CreditTextEnv
+
+    # the credit-assignment chain (known model, exact advantages); no splits, like the toy
+    return CreditTextEnv(num_tasks=16, n_states=5, n_distractors=2, **_common(cfg, seed))
+
+
+ENV_FACTORIES = {"alfworld": alfworld_env, "webshop": webshop_env, "toy": toy_env, "credit": credit_env}
 
 
 def make_env(cfg: TrainConfig, split: str, seed: int):

@@ -1,0 +1,22 @@
+"""The command line of the examples: parse a config class, train, print the summary."""
+
+from __future__ import annotations
+
+import json
+
+from .config import TrainConfig, parse_config
+from .envs import make_env
+from .trainer import train
+
+__all__ = ["main"]
+
+SUMMARY_KEYS = ("success_before", "success_after", "iterations", "env_steps", "wall_time_s")
+
+
+def main(config_cls: type[TrainConfig] = TrainConfig, argv: list[str] | None = None) -> int:
+    """Train with ``config_cls`` overridden by ``argv`` (``--field value``, ``--config FILE``)."""
+    cfg = parse_config(config_cls, argv)
+    summary = train(cfg, make_env)
+    print(json.dumps({key: summary[key] for key in SUMMARY_KEYS}, indent=1))
+    print(f"curves: {cfg.out}/curves.png   summary: {cfg.out}/summary.json")
+    return 0
