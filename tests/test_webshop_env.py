@@ -210,3 +210,11 @@ class TestEnv:
         assert not steps["next", "invalid_action"].any(), "the choose policy only picks admissible actions"
         for group in steps["group_id"].unique():
             assert steps["task_id"][steps["group_id"] == group].unique().numel() == 1, "a group shops for one goal"
+
+
+def test_exported_from_the_envs_package():
+    import torchrl_gagpo.envs as envs
+
+    assert envs.WebShopEnv is WebShopEnv and "WebShopEnv" in envs.__all__
+    with pytest.raises(AttributeError, match="no attribute"):
+        envs.NoSuchEnv  # noqa: B018
