@@ -34,6 +34,10 @@ def _observation(page: Page) -> str:
     return " [SEP] ".join(f"'{part}'" for part in segments)
 
 
+def _page_state_text(state: GameState) -> str:
+    return state.info["state_text"]
+
+
 class WebShopEnv(TextAgentEnv):
     """WebShop (text mode) on the project's engine, one agent turn per step.
 
@@ -108,7 +112,7 @@ class WebShopEnv(TextAgentEnv):
             raise ValueError(f"the {split!r} split of {self.data.source} has no goals.")
         self.engine = WebShopEngine(self.data, show_attrs=show_attrs)
         super().__init__(
-            max_steps=max_steps, state_key_fn=state_key_fn or (lambda state: state.info["state_text"]), **kwargs
+            max_steps=max_steps, state_key_fn=state_key_fn or _page_state_text, **kwargs
         )
 
     # -- TextAgentEnv hooks --------------------------------------------------------------
