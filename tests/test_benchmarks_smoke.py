@@ -1,4 +1,4 @@
-"""Smoke test of the loss benchmark through subprocess: it runs and writes the documented rows."""
+"""Smoke tests of the benchmarks through subprocess: they run and write the documented rows."""
 
 from __future__ import annotations
 
@@ -28,6 +28,27 @@ def test_loss_speed_quick_json(tmp_path):
         assert row["device"] == "cpu" and row["gagpo_s"] > 0 and row["grpo_s"] > 0 and row["ratio"] > 0
     assert "PASS" in out.stdout or "FAIL" in out.stdout  # the verdict is printed, never asserted
 
+
+@pytest.mark.slow
+def test_learning_curves_tiny_json(tmp_path):
+    path = tmp_path / "rows.json"
+    out = subprocess.run(
+        [sys.executable, "benchmarks/learning_curves.py", "--quick", "--seeds", "1", "--iterations", "2",
+         "--experiments", "gagpo", "gagpo_batch_norm", "--out", str(tmp_path / "png"), "--json", str(path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180, check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads(path.read_text())
+    assert [(r["estimator"], r["seed"]) for r in rows] == [("gagpo", 0), ("gagpo_batch_norm", 0)]
+    for row in rows:
+        assert {"estimator", "experiment", "seed", "final_success", "steps_to_50", "steps_to_80", "adv_iqr",
+                "adv_share_gt1", "env_steps", "success"} <= set(row)
+        assert 0 <= row["final_success"] <= 1 and row["adv_iqr"] >= 0 and 0 <= row["adv_share_gt1"] <= 1
+        assert len(row["success"]) == len(row["env_steps"]) == 2
+        assert all(row[k] is None or row[k] > 0 for k in ("steps_to_50", "steps_to_80"))
+    pngs = {p.name for p in (tmp_path / "png").iterdir()}
+    assert pngs == {"gagpo.png", "gagpo_batch_norm.png", "overview.png"}
+    assert "| experiment |" in out.stdout
 
 if __name__ == "__main__":
     pytest.main([__file__, "-v"])

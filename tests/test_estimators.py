@@ -87,6 +87,43 @@ class TestGroupedGAE:
         with pytest.raises(NotImplementedError, match="critic-free"):
             GroupedGAE().value_estimate(paper_batch())
 
+    def test_batch_normalize_scope(self):
+        """``normalize_scope="batch"``: the raw advantage standardised over every step of the batch."""
+        second = [traj.clone() for traj in paper_group(group_id=1)]
+        for traj in second:
+            traj.set(("next", "reward"), traj.get(("next", "reward")) * 3)
+        batch = torch.cat(paper_group() + second)
+        raw = GroupedGAE(normalize="none")(batch.clone())["advantage"].reshape(-1).double()
+        out = GroupedGAE(normalize_scope="batch")(batch.clone())["advantage"].reshape(-1)
+        torch.testing.assert_close(out, ((raw - raw.mean()) / (raw.std() + 1e-6)).float())
+        per_group = GroupedGAE()(batch.clone())["advantage"].reshape(-1)
+        assert not torch.allclose(out, per_group, atol=1e-2)  # the groups' scales differ 3x
+        centred = GroupedGAE(normalize="mean", normalize_scope="batch")(batch.clone())["advantage"]
+        torch.testing.assert_close(centred.reshape(-1), (raw - raw.mean()).float())
+        # one group: the two scopes agree; the value proxy is per group in both
+        one = GroupedGAE(normalize_scope="batch")(paper_batch())
+        assert flat(one, "advantage") == pytest.approx(NORMALIZED, abs=1e-3)
+        assert flat(one, "state_value") == pytest.approx(VALUE, abs=1e-3)
+        with pytest.raises(ValueError, match="normalize_scope"):
+            GroupedGAE(normalize_scope="global")
+
+
+    def test_episode_term(self):
+        """``episode_weight``: GAGPO plus ``episode_weight`` times GiGPO's episode term."""
+        from torchrl_gagpo import functional as F
+
+        batch = paper_batch()
+        base = GroupedGAE()(batch.clone())["advantage"].reshape(-1)
+        mixed = GroupedGAE(episode_weight=0.5)(batch.clone())["advantage"].reshape(-1)
+        r, d = batch["next", "reward"].reshape(-1), batch["next", "done"].reshape(-1)
+        episode = F.gigpo_advantage(r, d, batch["state_key"].reshape(-1), batch["group_id"].reshape(-1), step_weight=0.0)
+        torch.testing.assert_close(mixed, base + 0.5 * episode)
+        # one value per trajectory: the episode term is constant within each trajectory
+        for traj in F.trajectory_index(d).unique():
+            assert (episode[F.trajectory_index(d) == traj] == episode[F.trajectory_index(d) == traj][0]).all()
+        with pytest.raises(ValueError, match="episode_weight"):
+            GroupedGAE(episode_weight=-1.0)
+
 
 class TestBaselines:
     @pytest.mark.parametrize(

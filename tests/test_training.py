@@ -46,12 +46,22 @@ class TestConfig:
             (["--group_size", "1"], "group_size must be >= 2"),
             (["--model_path", "/nonexistent/model"], "model_path /nonexistent/model is not a directory"),
             (["--policy", "write"], "policy must be one of"),
+            (["--normalize_scope", "global"], "normalize_scope must be group or batch"),
+            (["--estimator", "grpo", "--normalize_scope", "batch"], "implemented for estimator=gagpo only"),
+            (["--estimator", "rloo", "--episode_weight", "1"], "episode_weight is an option of estimator=gagpo only"),
         ],
     )
     def test_bad_configs_fail_at_start(self, argv, message, capsys):
         with pytest.raises(SystemExit) as exit_info:
             parse_config(TrainConfig, argv)
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+    def test_normalize_scope_reaches_the_estimator(self):
+        from torchrl_gagpo.training.components import make_estimator
+
+        batch = parse_config(TrainConfig, ["--normalize_scope", "batch"])
+        assert make_estimator(batch).normalize_scope == "batch"
+        assert make_estimator(parse_config(TrainConfig, [])).normalize_scope == "group"
 
     def test_bad_config_through_the_example(self):
         out = subprocess.run([sys.executable, "examples/alfworld_gagpo.py", "--estimator", "ppo"], cwd=ROOT,

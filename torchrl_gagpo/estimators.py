@@ -10,6 +10,8 @@ own ``GAE``.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -189,6 +191,13 @@ class GroupedGAE(_GroupedEstimatorBase):
         gamma (float): discount. Defaults to ``0.95``.
         lmbda (float): GAE trace parameter. Defaults to ``0.8``.
         normalize (str): ``"mean_std"`` (default), ``"mean"`` or ``"none"``.
+        normalize_scope (str): the steps whose statistics ``normalize`` uses:
+            ``"group"`` (default, each rollout group) or ``"batch"`` (every step of
+            the batch the estimator is called on, an ablation; the value proxy
+            stays per group either way).
+        episode_weight (float): weight of GiGPO's episode term added to the
+            advantage, ``episode_weight * normalise_group(R_i)`` with ``R_i`` the
+            trajectory's undiscounted return (an ablation). Defaults to ``0.0``.
         eps (float): added to the std. Defaults to ``1e-6``.
         group_size (int, optional): trajectories per group; when given (or when the
             batch carries ``group_size``, as written by ``StateKeyGrouping``) a batch
@@ -221,15 +230,23 @@ class GroupedGAE(_GroupedEstimatorBase):
         gamma: float = 0.95,
         lmbda: float = 0.8,
         normalize: F.Normalize = "mean_std",
+        normalize_scope: Literal["group", "batch"] = "group",
+        episode_weight: float = 0.0,
         eps: float = 1e-6,
         group_size: int | None = None,
         advantage_shape: Literal["step", "token"] = "step",
         device: torch.device | None = None,
     ) -> None:
         super().__init__(group_size=group_size, advantage_shape=advantage_shape, device=device)
+        if not (isinstance(episode_weight, (int, float)) and math.isfinite(episode_weight) and episode_weight >= 0):
+            raise ValueError(f"episode_weight must be a finite number >= 0, got {episode_weight!r}.")
+        self.episode_weight = float(episode_weight)
         F._check_unit("gamma", gamma)
         F._check_unit("lmbda", lmbda)
         F._check_normalize(normalize, eps)
+        if normalize_scope not in ("group", "batch"):
+            raise ValueError(f"normalize_scope must be 'group' or 'batch', got {normalize_scope!r}.")
+        self.normalize_scope = normalize_scope
         self.register_buffer("gamma", torch.tensor(float(gamma), device=self._device))
         self.register_buffer("lmbda", torch.tensor(float(lmbda), device=self._device))
         self.normalize = normalize
@@ -242,7 +259,12 @@ class GroupedGAE(_GroupedEstimatorBase):
         gamma, lmbda = F._check_unit("gamma", self.gamma), F._check_unit("lmbda", self.lmbda)
         group_index = F._dense(g)
         raw, value, next_value = F._gagpo_raw(r, d, s, g, group_index, gamma, lmbda)
-        advantage = F._normalize_segments(raw, *group_index, self.normalize, self.eps)
+        scope = group_index if self.normalize_scope == "group" else (torch.zeros_like(group_index[0]), 1)
+        advantage = F._normalize_segments(raw, *scope, self.normalize, self.eps)
+        if self.episode_weight:
+            episode = F.gigpo_advantage(r, d, s, g, gamma=float(gamma), step_weight=0.0, normalize=self.normalize,
+                                        eps=self.eps)
+            advantage = advantage + self.episode_weight * episode.reshape(advantage.shape).to(advantage.dtype)
         return {
             k.advantage: advantage,
             k.value_target: raw + value,

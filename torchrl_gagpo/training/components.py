@@ -14,7 +14,8 @@ __all__ = ["make_estimator", "make_policy"]
 def make_estimator(cfg: TrainConfig):
     """The advantage estimator the grouping transform runs on every released group."""
     if cfg.estimator == "gagpo":
-        return GroupedGAE(gamma=cfg.gamma, lmbda=cfg.lmbda, normalize=cfg.normalize)
+        return GroupedGAE(gamma=cfg.gamma, lmbda=cfg.lmbda, normalize=cfg.normalize,
+                          normalize_scope=cfg.normalize_scope, episode_weight=cfg.episode_weight)
     if cfg.estimator == "gigpo":
         return GiGPOEstimator(gamma=cfg.gamma, normalize=cfg.normalize)
     if cfg.estimator == "grpo":

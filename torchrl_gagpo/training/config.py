@@ -42,7 +42,7 @@ class TrainConfig:
     logger: str = _doc(f"metrics backend besides metrics.jsonl: {LOGGERS}", "tensorboard")
     progress: bool = _doc("show a progress bar", True)
     # -- environment ------------------------------------------------------------------------
-    env: str = _doc("environment: 'alfworld', 'webshop' or 'toy'", "alfworld")
+    env: str = _doc("environment: 'alfworld', 'webshop', 'toy' or 'credit'", "alfworld")
     data_path: str | None = _doc("games/catalog directory (None: the embedded default)", None)
     split: str = _doc("training split", "train")
     games_per_type: int | None = _doc("ALFWorld: keep the first N games of each task type (None: all)", None)
@@ -70,6 +70,8 @@ class TrainConfig:
     gamma: float = _doc("discount", 0.95)
     lmbda: float = _doc("GAE trace parameter (gagpo)", 0.8)
     normalize: str = _doc("group normalisation: 'mean_std', 'mean' or 'none'", "mean_std")
+    normalize_scope: str = _doc("gagpo: `normalize` per rollout 'group' or over the whole 'batch'", "group")
+    episode_weight: float = _doc("gagpo: weight of GiGPO's episode term added to the advantage (0: off)", 0.0)
     ratio: str = _doc(f"importance ratio: {RATIOS}", "action_mean")
     clip_epsilon: float = _doc("PPO clip range", 0.2)
     kl_coef: float = _doc("weight of the k3 KL to the reference policy (0: off)", 0.0)
@@ -97,6 +99,12 @@ class TrainConfig:
             (self.backend in BACKENDS, f"backend must be one of {BACKENDS}, got {self.backend!r}"),
             (self.logger in LOGGERS, f"logger must be one of {LOGGERS}, got {self.logger!r}"),
             (self.normalize in ("mean_std", "mean", "none"), f"normalize must be mean_std, mean or none, got {self.normalize!r}"),
+            (self.normalize_scope in ("group", "batch"),
+             f"normalize_scope must be group or batch, got {self.normalize_scope!r}"),
+            (self.normalize_scope == "group" or self.estimator == "gagpo",
+             "normalize_scope='batch' is implemented for estimator=gagpo only"),
+            (self.episode_weight >= 0, f"episode_weight must be >= 0, got {self.episode_weight}"),
+            (self.episode_weight == 0 or self.estimator == "gagpo", "episode_weight is an option of estimator=gagpo only"),
             (self.group_size >= 2, f"group_size must be >= 2 (group statistics need two rollouts), got {self.group_size}"),
             (self.groups_per_iter >= 1, f"groups_per_iter must be >= 1, got {self.groups_per_iter}"),
             (self.num_envs >= 1, f"num_envs must be >= 1, got {self.num_envs}"),
