@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from tensordict import TensorDict, lazy_stack
@@ -60,3 +62,12 @@ def make_actions(model, advantages, *, seed: int = 0, prompt_len=(5, 12), respon
                 )
             )
     return lazy_stack(rows)
+
+
+@pytest.fixture()
+def quiet_warnings():
+    """Silence cosmetic warnings: transformers' "top_k flag may be ignored" (top_k=0 is intended),
+    torchrl's cross_entropy(reduce=False) deprecation and LLMCollector's InitTracker FutureWarning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield

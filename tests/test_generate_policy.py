@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import warnings
 
 import pytest
 import torch
@@ -11,23 +10,17 @@ from conftest import token_log_probs
 from tensordict import lazy_stack
 from torchrl.collectors.llm import LLMCollector
 from torchrl.modules.llm import TransformersWrapper
+from torchrl_gagpo.envs import ToyTextEnv
 from transformers import Qwen2ForCausalLM
 
 from torchrl_gagpo import GAGPOLoss
-from torchrl_gagpo.envs import ToyTextEnv
 from torchrl_gagpo.policies import AdmissibleActionPolicy, make_tiny_tokenizer
 from torchrl_gagpo.policies.generate import GeneratePolicy, make_policy, make_vllm_policy
 
 MAX_NEW = 12
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    # "generation flags are not valid and may be ignored: ['top_k']" (top_k=0 is intended) and
-    # torchrl's cross_entropy(reduce=False) deprecation are cosmetic.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+pytestmark = pytest.mark.usefixtures("quiet_warnings")
 
 
 @pytest.fixture(scope="module")

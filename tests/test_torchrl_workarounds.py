@@ -12,8 +12,6 @@ See ``/work/shared/reference/torchrl-llm.md`` section 5 for the background.
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 from tensordict import TensorDict, lazy_stack
@@ -21,21 +19,14 @@ from torchrl.collectors.llm import LLMCollector
 from torchrl.data.llm import History
 from torchrl.modules.llm import TransformersWrapper
 from torchrl.modules.llm.policies import ChatHistory
+from torchrl_gagpo.envs import ToyTextEnv
 from transformers import Qwen2ForCausalLM
 
 from torchrl_gagpo import GAGPOLoss
-from torchrl_gagpo.envs import ToyTextEnv
 from torchrl_gagpo.policies import configure_generation
 from torchrl_gagpo.policies.choose import AdmissibleActionPolicy
 
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    # cosmetic: transformers' "top_k flag may be ignored", torchrl's cross_entropy(reduce=False)
-    # deprecation and LLMCollector's InitTracker FutureWarning
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+pytestmark = pytest.mark.usefixtures("quiet_warnings")
 
 
 @pytest.fixture(scope="module")
