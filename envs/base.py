@@ -233,6 +233,10 @@ class TextAgentEnv(ChatEnv):
         """How logs and errors name a task (e.g. its game file)."""
         return f"task {task_id}"
 
+    def task_reward(self, state: GameState) -> float:
+        """The task's reward for arriving in ``state`` (before any invalid-reply penalty)."""
+        return self.success_reward * bool(state.won)
+
     def demonstration(self, task_id: int) -> list[str] | None:
         """A list of commands that solves the task (for behaviour cloning), if the env knows one."""
         return None
@@ -420,7 +424,7 @@ class TextAgentEnv(ChatEnv):
         ep["state"] = state
         terminated = bool(state.won or state.finished)
         truncated = ep["turn"] >= self.max_steps and not terminated
-        reward = self.success_reward * bool(state.won) - (0.0 if valid else self.invalid_action_penalty)
+        reward = self.task_reward(state) - (0.0 if valid else self.invalid_action_penalty)
         if (terminated or truncated) and not ep["forced"]:
             self._completed_in_group += 1
         return self._observe(state, reward=reward, invalid=not valid, done=(terminated, truncated))

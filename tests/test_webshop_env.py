@@ -145,6 +145,33 @@ class TestEnv:
         assert td["terminated"].item() and td["done"].item() and 0.0 <= score < 1.0
         assert td["reward"].item() == 0.0 and not td["won"].item()
 
+    def test_score_reward_pays_partial_credit(self, data):
+        # the same wrong purchase with reward="score": 10 x its score, still not a success
+        env = WebShopEnv(data=data, seed=0, reward="score")
+        td = env.reset(force(0))
+        goal = env.goal(0)
+        td = step(env, td, tagged(td["admissible_actions"][0][0]))
+        assert td["reward"].item() == 0.0  # nothing pays before the purchase
+        other = next(p["asin"] for p in env.engine.page.results
+                     if 0 < score_purchase(p, goal, {}, data.prices[p["asin"]])["total"] < 1.0)
+        td = step(env, td, tagged(f"click[{other.lower()}]"))
+        td = step(env, td, tagged("click[buy now]"))
+        score = td["task_score"].item()
+        assert 0 < score < 1 and not td["won"].item()
+        assert td["reward"].item() == pytest.approx(10 * score)
+        # an invalid reply still costs the penalty on top
+        td = step(env, env.reset(force(0)), "no tags")
+        assert td["reward"].item() == pytest.approx(-0.1)
+
+    def test_score_reward_of_a_won_episode_is_the_success_reward(self, data):
+        env = WebShopEnv(data=data, group_size=2, seed=0, reward="score")
+        task = next(t for t in range(env.num_tasks) if env.demonstration(t))
+        td = env.reset(force(task, 7))
+        for command in env.demonstration(task):
+            td = step(env, td, tagged(command))
+        assert td["reward"].item() == pytest.approx(10 * td["task_score"].item())
+        assert td["won"].item() == (td["task_score"].item() == 1.0)
+
     def test_invalid_replies_get_the_penalty_and_change_nothing(self, data):
         env = WebShopEnv(data=data, seed=0)
         td = env.reset()
@@ -194,6 +221,8 @@ class TestEnv:
             WebShopEnv(data=data, num_goals=0)
         with pytest.raises(ValueError, match="either data"):
             WebShopEnv(data=data, data_path="/nowhere")
+        with pytest.raises(ValueError, match="reward must be one of"):
+            WebShopEnv(data=data, reward="dense")
 
     def test_collector_with_the_choose_policy(self, data, tokenizer):
         from torchrl.collectors.llm import LLMCollector

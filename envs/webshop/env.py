@@ -14,6 +14,7 @@ __all__ = ["WebShopEnv", "search_query"]
 
 _PRICE_CLAUSE = re.compile(r",?\s*and price lower than [\d.]+ dollars\s*$", re.IGNORECASE)
 _SPLITS = ("train", "test")
+_REWARDS = ("success", "score")
 
 
 def search_query(instruction: str) -> str:
@@ -52,8 +53,11 @@ class WebShopEnv(TextAgentEnv):
     non-empty query is valid on the start page; a ``click[...]`` reply is valid
     when it names a clickable of the page. The episode ends with
     ``click[buy now]`` (terminated) or after ``max_steps`` (15, truncated).
-    Rewards: 10 when the purchase scores 1.0, else 0, minus 0.1 for an invalid
-    reply; the purchase's score is ``task_score``. The state key digests the page
+    Rewards: 10 when the purchase scores 1.0, else 0 (verl-agent's, the paper's),
+    minus 0.1 for an invalid reply; the purchase's score is ``task_score``. With
+    ``reward="score"`` the purchase pays 10 times its score instead, the original
+    WebShop's dense reward (partial credit for the right product with wrong
+    options); success is still a score of 1.0. The state key digests the page
     kind, its content and the selected options, never the instruction, so rollouts
     of a group that stand on the same page share a state.
 
@@ -70,6 +74,8 @@ class WebShopEnv(TextAgentEnv):
         num_products (int, optional): use only the first N products.
         num_goals (int, optional): keep only the first N goals of the split.
         show_attrs (bool): item pages offer the Attributes sub-page. Defaults to ``False``.
+        reward (str): ``"success"`` (``success_reward`` iff the score is 1.0, the
+            default) or ``"score"`` (``success_reward`` times the purchase's score).
         group_size, max_steps, history_length, invalid_action_penalty, success_reward,
         prompt_template, system_prompt, state_key_fn, seed: see
         :class:`~torchrl_gagpo.envs.base.TextAgentEnv`.
@@ -93,10 +99,13 @@ class WebShopEnv(TextAgentEnv):
         num_products: int | None = None,
         num_goals: int | None = None,
         show_attrs: bool = False,
+        reward: str = "success",
         max_steps: int = 15,
         state_key_fn=None,
         **kwargs: Any,
     ) -> None:
+        if reward not in _REWARDS:
+            raise ValueError(f"reward must be one of {_REWARDS}, got {reward!r}.")
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {_SPLITS}, got {split!r}.")
         if num_goals is not None and (isinstance(num_goals, bool) or not isinstance(num_goals, int) or num_goals < 1):
@@ -107,6 +116,7 @@ class WebShopEnv(TextAgentEnv):
             data_path, human_goals=human_goals, num_products=num_products
         )
         self.split = split
+        self.reward = reward
         self.goal_ids = list(self.data.split(split))[:num_goals]
         if not self.goal_ids:
             raise ValueError(f"the {split!r} split of {self.data.source} has no goals.")
@@ -136,6 +146,11 @@ class WebShopEnv(TextAgentEnv):
     def _game_step(self, command: str) -> GameState:
         result = self.engine.step(command)
         return self._state(result.page, finished=result.done, score=result.score)
+
+    def task_reward(self, state: GameState) -> float:
+        if self.reward == "score":
+            return self.success_reward * state.score if state.finished else 0.0
+        return super().task_reward(state)
 
     def parse_reply(self, text: Any, state: GameState) -> tuple[str, bool]:
         command, well_formed = extract_action(text)
