@@ -49,6 +49,8 @@ class TestConfig:
             (["--normalize_scope", "global"], "normalize_scope must be group or batch"),
             (["--estimator", "grpo", "--normalize_scope", "batch"], "implemented for estimator=gagpo only"),
             (["--estimator", "rloo", "--episode_weight", "1"], "episode_weight is an option of estimator=gagpo only"),
+            (["--webshop_reward", "dense"], "webshop_reward must be 'success' or 'score'"),
+            (["--warmup_batch_size", "0"], "warmup_batch_size must be >= 1 or None"),
         ],
     )
     def test_bad_configs_fail_at_start(self, argv, message, capsys):

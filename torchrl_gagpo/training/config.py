@@ -48,6 +48,7 @@ class TrainConfig:
     games_per_type: int | None = _doc("ALFWorld: keep the first N games of each task type (None: all)", None)
     human_goals: bool = _doc("WebShop: human-written goals (else synthetic ones)", True)
     num_goals: int | None = _doc("WebShop: keep the first N goals of the split (None: all)", None)
+    webshop_reward: str = _doc("WebShop: 'success' (10 iff score 1.0, the paper's) or 'score' (10 x score)", "success")
     max_steps: int = _doc("turns before truncation", 50)
     history_length: int = _doc("past observation/action pairs in the prompt", 2)
     num_envs: int = _doc("environment instances stepped in parallel (one engine process each)", 2)
@@ -65,6 +66,7 @@ class TrainConfig:
     choose_score: str = _doc("policy=choose scores an action by the 'sum' or 'mean' of its token log-probs", "mean")
     warmup_steps: int = _doc("behaviour-cloning steps on demonstrations before RL (0: none)", 0)
     warmup_lr: float = _doc("learning rate of the behaviour-cloning warm start", 3e-3)
+    warmup_batch_size: int | None = _doc("demonstration steps per warm-start batch (None: minibatch_size)", None)
     # -- algorithm ------------------------------------------------------------------------------
     estimator: str = _doc(f"advantage estimator: {ESTIMATORS}", "gagpo")
     gamma: float = _doc("discount", 0.95)
@@ -111,6 +113,10 @@ class TrainConfig:
             (self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}"),
             (0 <= self.gamma <= 1 and 0 <= self.lmbda <= 1, "gamma and lmbda must lie in [0, 1]"),
             (self.minibatch_size >= 1 and self.grad_accum >= 1 and self.epochs >= 1, "minibatch_size, grad_accum and epochs must be >= 1"),
+            (self.warmup_batch_size is None or self.warmup_batch_size >= 1,
+             f"warmup_batch_size must be >= 1 or None, got {self.warmup_batch_size}"),
+            (self.webshop_reward in ("success", "score"),
+             f"webshop_reward must be 'success' or 'score', got {self.webshop_reward!r}"),
             (self.choose_score in ("sum", "mean"), f"choose_score must be 'sum' or 'mean', got {self.choose_score!r}"),
             (self.device.startswith(("cpu", "cuda")), f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}"),
             (self.dtype in ("auto", "float32", "bfloat16"), f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}"),

@@ -33,7 +33,8 @@ def webshop_env(cfg: TrainConfig, split: str, seed: int):
     key = (cfg.data_path, cfg.human_goals)
     if key not in _WEBSHOP_DATA:
         _WEBSHOP_DATA[key] = WebShopData.load(cfg.data_path, human_goals=cfg.human_goals)
-    return WebShopEnv(data=_WEBSHOP_DATA[key], split=split, num_goals=cfg.num_goals, **_common(cfg, seed))
+    return WebShopEnv(data=_WEBSHOP_DATA[key], split=split, num_goals=cfg.num_goals,
+                      reward=cfg.webshop_reward, **_common(cfg, seed))
 
 
 def toy_env(cfg: TrainConfig, split: str, seed: int):

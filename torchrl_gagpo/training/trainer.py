@@ -173,11 +173,13 @@ def train(cfg: TrainConfig, env_factory: EnvFactory) -> dict:
         if cfg.warmup_steps > 0:
             pairs = demonstration_pairs(envs[0], AdmissibleActionPolicy(model, tokenizer))
             summary["warmup_loss"] = behaviour_cloning(model, pairs, steps=cfg.warmup_steps, lr=cfg.warmup_lr,
-                                                       batch_size=cfg.minibatch_size, seed=cfg.seed,
+                                                       batch_size=cfg.warmup_batch_size or cfg.minibatch_size,
+                                                       seed=cfg.seed,
                                                        pad_id=tokenizer.pad_token_id)
             summary["warmup_pairs"] = len(pairs)
         before = run_eval("before")
         summary["success_before"] = before["summary"]["success"]
+        summary["eval_before"] = before["summary"]
         print(f"evaluation before training ({cfg.eval_split}, {len(eval_tasks)} episodes):\n{before['table']}", flush=True)
 
     logger = RunLogger(run_dir, backend=cfg.logger, exp_name=run_dir.name, start_iteration=start_iteration)
