@@ -26,10 +26,11 @@ evaluation is reduced to one greedy episode before and after. Per run:
 
 Outputs (``--out``, default ``benchmarks/out/learning_curves/``): ``<experiment>.png`` (mean +- std
 over seeds on a common env-step grid, seeds as thin lines), ``overview.png`` (all means), and with
-``--json`` one row per experiment and seed. Runs are sequential and in-process (one import, seeded
-by the trainer; ``--check_determinism`` re-runs the first one), with ``torch.set_num_threads(--threads)``.
+``--json`` one row per experiment and seed. Runs are independent and seeded by the trainer, so
+``--workers`` processes (default: one per core, at most 2) run them side by side, each with
+``torch.set_num_threads(--threads)``; ``--check_determinism`` re-runs the first one and compares.
 
-    python benchmarks/learning_curves.py [--quick] [--json PATH] [--out DIR] [--seeds N]
+    python benchmarks/learning_curves.py [--quick] [--json PATH] [--out DIR] [--seeds N] [--workers N]
         [--iterations N] [--experiments NAME ...] [--set field=value ...]
 """
 
@@ -38,14 +39,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
+from _runs import DEFAULT_WORKERS, parse_set, print_table, run_jobs, write_rows
 from torchrl_gagpo.envs.credit import CreditTask, exact_values, skewed_policy
 
 from torchrl_gagpo.training.config import TrainConfig
@@ -154,14 +153,6 @@ def summary_table(rows: list[dict]) -> list[dict]:
     return table
 
 
-def print_table(table: list[dict]) -> None:
-    cols = list(table[0])
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "|".join("---" if c in ("experiment", "kind") else "---:" for c in cols) + "|")
-    for t in table:
-        print("| " + " | ".join(str(t[c]) for c in cols) + " |")
-
-
 def plot(rows: list[dict], out: Path, uniform: float) -> list[Path]:
     import matplotlib
 
@@ -207,18 +198,6 @@ def plot(rows: list[dict], out: Path, uniform: float) -> list[Path]:
     return paths
 
 
-def _parse_set(items: list[str]) -> dict:
-    hints = {k: type(v) for k, v in TrainConfig().to_dict().items() if v is not None}
-    out = {}
-    for item in items:
-        key, _, text = item.partition("=")
-        if key not in hints:
-            raise SystemExit(f"--set: unknown TrainConfig field {key!r}")
-        tp = hints[key]
-        out[key] = text.lower() in ("1", "true", "yes") if tp is bool else tp(text)
-    return out
-
-
 def main() -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
@@ -234,48 +213,52 @@ def main() -> None:
     parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                         help="override TASK's TrainConfig fields, e.g. --set max_steps=10 lr=1e-3")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (the model is tiny)")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help="runs side by side in separate processes (default: one per core, at most 2)")
     parser.add_argument("--keep_runs", default=None, help="keep the run directories here (default: none)")
     parser.add_argument("--check_determinism", action="store_true", help="re-run the first run and compare")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")  # transformers/torchrl deprecation chatter, once per run
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
     seeds = list(range(args.seeds if args.seeds is not None else (2 if args.quick else 5)))
     iterations = args.iterations or (QUICK_ITERATIONS if args.quick else DEFAULT_ITERATIONS)
     names = args.experiments or (MAIN if args.quick else list(EXPERIMENTS))
-    base = {**TASK, **_parse_set(args.set)}
+    base = {**TASK, **parse_set(args.set)}
     uniform = uniform_success(base["max_steps"])
     episodes = base["groups_per_iter"] * base["group_size"]
     print(f"credit chain {CREDIT_FACTORY}, horizon {base['max_steps']}: uniform-policy success "
           f"{uniform:.3f}; {len(names)} experiments x {len(seeds)} seeds x {iterations} iterations of "
-          f"{episodes} episodes")
+          f"{episodes} episodes, {args.workers} worker(s)")
     start = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory(prefix="learning_curves_") as tmp:
         workdir = Path(args.keep_runs or tmp)
-        for name in names:
-            for seed in seeds:
-                row = run_one(name, seed, iterations, base, workdir)
-                rows.append(row)
-                print(f"  {name:<18} seed {seed}: success {row['initial_success']:.2f} -> "
-                      f"{row['final_success']:.2f}, to 50% {row['steps_to_50']}, to 80% "
-                      f"{row['steps_to_80']}, {row['total_env_steps']} steps, {row['wall_s']:.1f} s",
-                      flush=True)
+        jobs = [(name, seed) for name in names for seed in seeds]
+        jobs += [(names[0], seeds[0])] if args.check_determinism else []
+        results = run_jobs(run_one, [(name, seed, iterations, base, workdir / f"run{k}")
+                                     for k, (name, seed) in enumerate(jobs)], workers=args.workers,
+                           threads=args.threads)
+        for k, ((name, seed), row) in enumerate(zip(jobs, results, strict=True)):
+            if args.check_determinism and k == len(jobs) - 1:
+                again = row
+                break
+            rows.append(row)
+            print(f"  {name:<18} seed {seed}: success {row['initial_success']:.2f} -> "
+                  f"{row['final_success']:.2f}, to 50% {row['steps_to_50']}, to 80% "
+                  f"{row['steps_to_80']}, {row['total_env_steps']} steps, {row['wall_s']:.1f} s",
+                  flush=True)
         if args.check_determinism:
-            again = run_one(names[0], seeds[0], iterations, base, workdir / "again")
             same = again["success"] == rows[0]["success"] and again["env_steps"] == rows[0]["env_steps"]
-            print(f"determinism: re-running {names[0]} seed {seeds[0]} in the same process gives "
+            print(f"determinism: re-running {names[0]} seed {seeds[0]} gives "
                   f"{'the same' if same else 'DIFFERENT'} curve")
     per_run = np.mean([r["wall_s"] for r in rows])
     print(f"\n{len(rows)} runs in {time.perf_counter() - start:.0f} s ({per_run:.1f} s a run); "
           "mean ± std over seeds, (k/n): seeds that reached the level (mean and std over those)\n")
-    print_table(summary_table(rows))
+    print_table(summary_table(rows), text_columns=("experiment", "kind"))
     if args.out:
         for path in plot(rows, Path(args.out), uniform):
             print(f"wrote {path}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(rows, indent=1))
-        print(f"wrote {args.json}")
+    write_rows(args.json, rows)
 
 
 if __name__ == "__main__":

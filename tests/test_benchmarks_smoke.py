@@ -34,8 +34,9 @@ def test_learning_curves_tiny_json(tmp_path):
     path = tmp_path / "rows.json"
     out = subprocess.run(
         [sys.executable, "benchmarks/learning_curves.py", "--quick", "--seeds", "1", "--iterations", "2",
-         "--experiments", "gagpo", "gagpo_batch_norm", "--out", str(tmp_path / "png"), "--json", str(path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=180, check=False,
+         "--experiments", "gagpo", "gagpo_batch_norm", "--out", str(tmp_path / "png"), "--json", str(path),
+         "--workers", "2", "--check_determinism"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240, check=False,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads(path.read_text())
@@ -49,6 +50,37 @@ def test_learning_curves_tiny_json(tmp_path):
     pngs = {p.name for p in (tmp_path / "png").iterdir()}
     assert pngs == {"gagpo.png", "gagpo_batch_norm.png", "overview.png"}
     assert "| experiment |" in out.stdout
+    assert "gives the same curve" in out.stdout  # a run in a worker process equals its re-run
+
+
+@pytest.mark.slow
+def test_estimator_comparison_quick_json(tmp_path):
+    path = tmp_path / "rows.json"
+    out = subprocess.run(
+        [sys.executable, "benchmarks/estimator_comparison.py", "--env", "webshop", "--quick", "--estimators",
+         "gagpo", "grpo", "--workers", "1", "--set", "max_steps=3", "group_size=2", "--json", str(path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240, check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads(path.read_text())
+    assert [(r["estimator"], r["seed"]) for r in rows] == [("gagpo", 0), ("grpo", 0)]
+    for row in rows:
+        assert 0 <= row["success_before"] <= 1 and 0 <= row["success_after"] <= 1
+        assert 0 <= row["score_before"] <= 1 and row["env_steps"] > 0
+        assert row["overrides"]["max_steps"] == 3 and row["overrides"]["iterations"] == 1
+    # the same seed warms up and evaluates identically whatever the estimator
+    assert rows[0]["success_before"] == rows[1]["success_before"]
+    assert rows[0]["score_before"] == rows[1]["score_before"]
+    assert "| estimator | success_before |" in out.stdout
+
+
+def test_estimator_comparison_rejects_unknown_fields():
+    out = subprocess.run(
+        [sys.executable, "benchmarks/estimator_comparison.py", "--set", "no_such_field=1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert out.returncode != 0 and "no_such_field" in out.stderr
+
 
 if __name__ == "__main__":
     pytest.main([__file__, "-v"])

@@ -1,0 +1,75 @@
+"""Helpers of the training benchmarks: ``--set`` overrides, seeded runs side by side, tables, JSON."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+from torchrl_gagpo.training.config import TrainConfig
+
+#: one worker per core, at most 2: the runs are single-threaded and the CI machine has 2 cores
+DEFAULT_WORKERS = min(2, os.cpu_count() or 1)
+
+
+def quiet_worker(threads: int) -> None:
+    """Per-process set-up: ``threads`` torch threads; no transformers/torchrl deprecation chatter."""
+    torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore")
+
+
+def run_jobs(fn: Callable, jobs: Sequence[tuple], *, workers: int, threads: int = 1) -> Iterator:
+    """``fn(*job)`` for every job, yielded in the jobs' order as each finishes.
+
+    ``workers == 1`` runs in this process; more start a pool of ``spawn`` processes (a
+    fresh interpreter each, so no forked torch state). ``fn`` must be importable from
+    the script's top level, as :class:`~concurrent.futures.ProcessPoolExecutor` needs.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    quiet_worker(threads)
+    if workers == 1:
+        for job in jobs:
+            yield fn(*job)
+        return
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=quiet_worker, initargs=(threads,))
+    with pool:
+        for future in [pool.submit(fn, *job) for job in jobs]:
+            yield future.result()
+
+
+def parse_set(items: Sequence[str], config_cls: type = TrainConfig) -> dict:
+    """``["lr=1e-3", "epochs=2"]`` -> ``{"lr": 0.001, "epochs": 2}``, typed by ``config_cls``'s defaults."""
+    hints = {k: type(v) for k, v in config_cls().to_dict().items() if v is not None}
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or key not in hints:
+            raise SystemExit(f"--set: expected FIELD=VALUE with a {config_cls.__name__} field, got {item!r}")
+        tp = hints[key]
+        out[key] = text.lower() in ("1", "true", "yes") if tp is bool else tp(text)
+    return out
+
+
+def print_table(table: list[dict], text_columns: Sequence[str] = ()) -> None:
+    """A Markdown table of ``table``'s rows (numbers right-aligned, ``text_columns`` left)."""
+    cols = list(table[0])
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "|".join("---" if c in text_columns else "---:" for c in cols) + "|")
+    for row in table:
+        print("| " + " | ".join(str(row[c]) for c in cols) + " |")
+
+
+def write_rows(path: str | None, rows: list[dict]) -> None:
+    """Write ``rows`` as JSON to ``path`` (nothing when ``path`` is None)."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(rows, indent=1))
+        print(f"wrote {path}")
