@@ -42,7 +42,6 @@ class WebShopConfig(TrainConfig):
                                "score")
     warmup_steps: int = _doc("behaviour-cloning steps on scripted purchases before RL", 100)
     warmup_lr: float = _doc("learning rate of the warm start", 5e-3)
-    warmup_batch_size: int | None = _doc("scripted steps per warm-start batch", 8)
     minibatch_size: int = _doc("actions per minibatch", 16)
     lr: float = _doc("AdamW learning rate of the RL updates (paper: 1e-6 for a 1.5B model)", 1e-3)
     eval_episodes: int = _doc("evaluation episodes (4 per goal, seeded sampling)", 24)
