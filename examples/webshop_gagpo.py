@@ -14,6 +14,13 @@ tiny LM, ``success_before`` is measured, GAGPO trains, and ``success_after`` is
 measured on the same episodes. WebShop's table is the paper's: average score and
 success rate (score 1.0). Everything lands in ``--out``: metrics.jsonl,
 TensorBoard, curves.png, eval/*.md|json, checkpoints, summary.json.
+
+Two defaults differ from the ALFWorld example, both measured: actions are scored by
+the *mean* of their token log-probs (under the sum, ``click[buy now]`` took 95-100%
+of an item page's probability after the warm start, every rollout bought at once and
+the groups carried no signal), and the reward is 10 x the purchase's score (partial
+credit; ``--webshop_reward success`` is the paper's 10 iff the score is 1.0). Measured
+on 2 idle cores: success 20.8% -> 37.5%, score 51.7 -> 79.7, in 9.4 minutes.
 """
 
 from __future__ import annotations
