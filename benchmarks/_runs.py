@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import multiprocessing
 import os
@@ -47,14 +48,21 @@ def run_jobs(fn: Callable, jobs: Sequence[tuple], *, workers: int, threads: int 
 
 def parse_set(items: Sequence[str], config_cls: type = TrainConfig) -> dict:
     """``["lr=1e-3", "epochs=2"]`` -> ``{"lr": 0.001, "epochs": 2}``, typed by ``config_cls``'s defaults."""
-    hints = {k: type(v) for k, v in config_cls().to_dict().items() if v is not None}
+    defaults = config_cls().to_dict()
     out = {}
     for item in items:
         key, sep, text = item.partition("=")
-        if not sep or key not in hints:
+        if not sep or key not in defaults:
             raise SystemExit(f"--set: expected FIELD=VALUE with a {config_cls.__name__} field, got {item!r}")
-        tp = hints[key]
-        out[key] = text.lower() in ("1", "true", "yes") if tp is bool else tp(text)
+        default = defaults[key]
+        if default is None:  # optional field: a number, None, or else the text itself
+            try:
+                out[key] = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                out[key] = text
+        else:
+            tp = type(default)
+            out[key] = text.lower() in ("1", "true", "yes") if tp is bool else tp(text)
     return out
 
 
