@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ast
+import contextlib
+import io
 import json
 import multiprocessing
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -14,6 +17,8 @@ from pathlib import Path
 import torch
 
 from torchrl_gagpo.training.config import TrainConfig
+from torchrl_gagpo.training.envs import make_env
+from torchrl_gagpo.training.trainer import train
 
 #: one worker per core, at most 2: the runs are single-threaded and the CI machine has 2 cores
 DEFAULT_WORKERS = min(2, os.cpu_count() or 1)
@@ -23,6 +28,14 @@ def quiet_worker(threads: int) -> None:
     """Per-process set-up: ``threads`` torch threads; no transformers/torchrl deprecation chatter."""
     torch.set_num_threads(threads)
     warnings.filterwarnings("ignore")
+
+
+def train_quietly(cfg: TrainConfig) -> tuple[dict, float]:
+    """``(summary, wall seconds)`` of one training run, its printed tables swallowed."""
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        summary = train(cfg, make_env)
+    return summary, time.perf_counter() - start
 
 
 def run_jobs(fn: Callable, jobs: Sequence[tuple], *, workers: int, threads: int = 1) -> Iterator:

@@ -17,9 +17,8 @@ table shows mean +- std over seeds and the per-seed values.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import importlib.util
-import io
 import json
 import sys
 import tempfile
@@ -27,11 +26,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _runs import DEFAULT_WORKERS, parse_set, print_table, run_jobs, write_rows
+from _runs import DEFAULT_WORKERS, parse_set, print_table, run_jobs, train_quietly, write_rows
 
 from torchrl_gagpo.training.config import ESTIMATORS
-from torchrl_gagpo.training.envs import make_env
-from torchrl_gagpo.training.trainer import train
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CONFIGS = {
@@ -41,6 +38,7 @@ CONFIGS = {
 QUICK = {"iterations": 1, "eval_episodes": 4, "groups_per_iter": 2, "warmup_steps": 10, "max_steps": 4}
 
 
+@functools.cache
 def example_config(env: str) -> type:
     """The example's config dataclass (its defaults are the CPU demo)."""
     filename, name = CONFIGS[env]
@@ -53,16 +51,14 @@ def example_config(env: str) -> type:
 def run_one(env: str, estimator: str, seed: int, overrides: dict, out: Path) -> dict:
     cfg = example_config(env)(**{**overrides, "estimator": estimator, "seed": seed, "out": str(out),
                                  "progress": False, "logger": "none"})
-    start = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):  # the trainer prints its evaluation tables
-        summary = train(cfg, make_env)
+    summary, wall = train_quietly(cfg)
     return {
         "env": env, "estimator": estimator, "seed": seed,
         "success_before": summary["success_before"], "success_after": summary["success_after"],
         "score_before": summary["eval_before"].get("score"),
         "score_after": summary["eval_after"].get("score"),
         "iterations": summary["iterations"], "env_steps": summary["env_steps"],
-        "wall_s": time.perf_counter() - start, "overrides": overrides,
+        "wall_s": wall, "overrides": overrides,
     }  # fmt: skip
 
 

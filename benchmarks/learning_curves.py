@@ -37,20 +37,16 @@ over seeds on a common env-step grid, seeds as thin lines), ``overview.png`` (al
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from _runs import DEFAULT_WORKERS, parse_set, print_table, run_jobs, write_rows
+from _runs import DEFAULT_WORKERS, parse_set, print_table, run_jobs, train_quietly, write_rows
 from torchrl_gagpo.envs.credit import CreditTask, exact_values, skewed_policy
 
 from torchrl_gagpo.training.config import TrainConfig
-from torchrl_gagpo.training.envs import make_env
 from torchrl_gagpo.training.logging import read_metrics
-from torchrl_gagpo.training.trainer import train
 
 #: name: (kind, TrainConfig overrides of TASK)
 EXPERIMENTS = {
@@ -102,10 +98,7 @@ def run_one(name: str, seed: int, iterations: int, base: dict, workdir: Path) ->
     kind, overrides = EXPERIMENTS[name]
     out = workdir / f"{name}_seed{seed}"
     cfg = TrainConfig(**{**base, **overrides, "seed": seed, "iterations": iterations, "out": str(out)})
-    start = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):  # the trainer prints its evaluation tables
-        train(cfg, make_env)
-    wall = time.perf_counter() - start
+    _, wall = train_quietly(cfg)
     metrics = read_metrics(out / "metrics.jsonl")
     steps = np.array([m["env_steps"] for m in metrics], dtype=float)
     success = np.array([m["success_rate"] for m in metrics], dtype=float)
