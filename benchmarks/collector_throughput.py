@@ -9,6 +9,8 @@ seeds) on the embedded ALFWorld games, after one warm-up batch that is not timed
   (reset, policy, step), the reference for the collector's overhead;
 * ``backend="local"``: ``GroupCollector`` with environments in worker processes and the
   policy in this process (batched over the workers);
+* ``backend="threads"``: the same collector with ``env_processes=False``: each environment
+  in a thread of this process (``ALFWorldEnv`` already runs its engine in a process of its own);
 * ``backend="ray"``: ``GroupCollector`` with Ray actors (one CPU each), each with one
   environment and a policy replica.
 
@@ -112,8 +114,9 @@ def measure(kind: str, backend: str, workers: int, groups: int, group_size: int,
                 collector.shutdown()
         else:
             extra = {"policy_factory": partial(make_policy, kind), "policy_weights": policy.model} \
-                if backend == "ray" else {"policy": policy}
-            with GroupCollector(env_fn, group_size=group_size, groups_per_batch=groups, backend=backend,
+                if backend == "ray" else {"policy": policy, "env_processes": backend == "local"}
+            with GroupCollector(env_fn, group_size=group_size, groups_per_batch=groups,
+                                backend="ray" if backend == "ray" else "local",
                                 num_workers=workers, **extra) as collector:
                 collector.collect_groups(1)  # warm-up
                 for _ in range(repeats):
@@ -141,7 +144,8 @@ def main(argv=None) -> list[dict]:
     rows = []
     try:
         for kind in args.policy:
-            for backend, workers in (("direct", 1), ("local", 1), ("local", 2), ("ray", 1), ("ray", 2)):
+            for backend, workers in (("direct", 1), ("local", 1), ("local", 2), ("threads", 1), ("threads", 2),
+                                     ("ray", 1), ("ray", 2)):
                 row = measure(kind, backend, workers, groups, group_size, max_steps, repeats)
                 rows.append(row)
                 print(f"{kind:6s} {backend:6s} workers={workers}: {row['steps_per_s']} steps/s", flush=True)

@@ -26,7 +26,7 @@ def serve(num_threads: int) -> None:
     import torch
 
     torch.set_num_threads(num_threads)
-    from torchrl_gagpo.collectors.env_process import dispatch, env_info
+    from torchrl_gagpo.collectors.env_process import dispatch, env_info, write_message
 
     env = None
     while True:
@@ -46,8 +46,7 @@ def serve(num_threads: int) -> None:
                 reply = ("ok", dispatch(env, method, args))
         except BaseException as err:  # noqa: BLE001 - reported to the parent, which decides
             reply = ("error", f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=6)}")
-        pickle.dump(reply, replies, protocol=pickle.HIGHEST_PROTOCOL)
-        replies.flush()
+        write_message(reply, replies)
     if env is not None:
         env.close()
 

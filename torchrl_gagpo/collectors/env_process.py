@@ -33,6 +33,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Any
 
+import torch
+
 __all__ = ["EnvProcess", "EnvWorkerError", "InlineEnv", "wait_any"]
 
 logger = logging.getLogger(__name__)
@@ -43,6 +45,34 @@ METHODS = ("reset", "step", "call")
 
 class EnvWorkerError(RuntimeError):
     """An environment worker died, did not answer in time, or raised during a call."""
+
+
+#: dtypes whose tensors travel as numpy arrays (numpy has no bfloat16 or complex32).
+_NUMPY_DTYPES = frozenset({torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16,
+                           torch.uint32, torch.uint64, torch.float16, torch.float32, torch.float64, torch.complex64,
+                           torch.complex128})
+
+
+class _WirePickler(pickle.Pickler):
+    """Pickles plain CPU tensors as numpy arrays, which ``torch.from_numpy`` restores.
+
+    torch's own reducer writes every tensor through ``torch.save`` (a zip-like record per
+    storage, and the whole storage of a view); for the dozens of one-element tensors of an
+    environment step that is most of the pickling time. Anything else (bfloat16, grads,
+    other devices, tensor subclasses) keeps torch's reducer.
+    """
+
+    def reducer_override(self, obj):
+        if (type(obj) is torch.Tensor and obj.dtype in _NUMPY_DTYPES and obj.device.type == "cpu"
+                and obj.layout == torch.strided and not obj.requires_grad and not obj.is_conj() and not obj.is_neg()):
+            return torch.from_numpy, (obj.numpy(),)
+        return NotImplemented
+
+
+def write_message(obj: Any, stream) -> None:
+    """Pickle ``obj`` onto ``stream`` (the worker protocol's wire format) and flush it."""
+    _WirePickler(stream, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    stream.flush()
 
 
 def _dumps(obj: Any) -> bytes:
@@ -106,8 +136,7 @@ class EnvProcess:
 
     def _send(self, request: tuple) -> None:
         try:
-            pickle.dump(request, self._process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-            self._process.stdin.flush()
+            write_message(request, self._process.stdin)
         except (BrokenPipeError, OSError, ValueError) as err:
             self.kill()
             raise EnvWorkerError(f"environment worker died before {request[0]}: {err!r}") from err
