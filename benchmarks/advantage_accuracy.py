@@ -43,9 +43,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchrl_gagpo.envs.credit import CreditTask, exact_q_values, sample_episodes, skewed_policy
 
 from torchrl_gagpo import functional as F
+from torchrl_gagpo.envs.credit import CreditTask, exact_q_values, sample_episodes, skewed_policy
 
 GROUP_SIZES = (2, 4, 8, 16)
 LAMBDAS = (0.0, 0.5, 0.8, 0.95, 1.0)

@@ -48,10 +48,10 @@ from _runs import DEFAULT_WORKERS, print_table, run_jobs, train_quietly
 from advantage_accuracy import score
 from learning_curves import TASK, WINDOW, steps_to
 from tensordict import NonTensorStack, TensorDict
-from torchrl_gagpo.envs.credit import CreditTask, exact_q_values, sample_episodes, skewed_policy
 
 from torchrl_gagpo import functional as F
 from torchrl_gagpo._utils import state_digest
+from torchrl_gagpo.envs.credit import CreditTask, exact_q_values, sample_episodes, skewed_policy
 from torchrl_gagpo.grouping import (
     EmbeddingGrouping,
     ExactGrouping,

@@ -57,8 +57,8 @@ from pathlib import Path
 
 import numpy as np
 from _runs import DEFAULT_WORKERS, parse_set, print_table, run_jobs, train_quietly, write_rows
-from torchrl_gagpo.envs.credit import CreditTask, exact_values, skewed_policy
 
+from torchrl_gagpo.envs.credit import CreditTask, exact_values, skewed_policy
 from torchrl_gagpo.training.config import TrainConfig
 from torchrl_gagpo.training.logging import read_metrics
 

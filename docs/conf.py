@@ -11,8 +11,6 @@ by the generated HTML.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -21,31 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _ensure_envs_subpackage() -> None:
-    """Make ``torchrl_gagpo.envs`` importable from a plain checkout.
-
-    The installed distribution maps the top-level ``envs/`` folder to
-    ``torchrl_gagpo.envs`` (setuptools ``package-dir``). An editable install
-    provides that mapping; when it is missing, load the folder under that name.
-    """
-    try:
-        importlib.import_module("torchrl_gagpo.envs")
-        return
-    except ImportError:
-        pass
-    init = ROOT / "envs" / "__init__.py"
-    spec = importlib.util.spec_from_file_location(
-        "torchrl_gagpo.envs", init, submodule_search_locations=[str(init.parent)]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["torchrl_gagpo.envs"] = module
-    spec.loader.exec_module(module)
-    importlib.import_module("torchrl_gagpo").envs = module
-
-
-_ensure_envs_subpackage()
-
-import torchrl_gagpo  # noqa: E402
+import torchrl_gagpo  # noqa: E402 - after the sys.path line above
 
 # -- project -------------------------------------------------------------------------
 project = "torchrl_gagpo"

@@ -23,10 +23,10 @@ import time
 import torch
 from torchrl.data import LazyStackStorage, ReplayBuffer, SamplerWithoutReplacement
 from torchrl.modules.llm import TransformersWrapper
-from torchrl_gagpo.envs import ToyTextEnv
 
 from torchrl_gagpo import GAGPOLoss, GroupedGAE, StateKeyGrouping
 from torchrl_gagpo.collectors import GroupCollector
+from torchrl_gagpo.envs import ToyTextEnv
 from torchrl_gagpo.policies import AdmissibleActionPolicy, make_tiny_model, make_tiny_tokenizer
 
 

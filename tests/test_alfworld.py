@@ -15,6 +15,7 @@ from helpers import force, step, with_reply
 from tensordict import lazy_stack
 from torchrl.envs import AsyncEnvPool
 from torchrl.envs.utils import check_env_specs
+
 from torchrl_gagpo.envs.alfworld import SPLITS, TASK_TYPES, ALFWorldEnv, find_games, generate_games
 from torchrl_gagpo.envs.alfworld import data as alf_data
 

@@ -18,6 +18,7 @@ import time
 
 import pytest
 from helpers import child_pids, pid_alive, step
+
 from torchrl_gagpo.envs.alfworld import ALFWorldEnv
 from torchrl_gagpo.envs.alfworld.engine import EngineCrash, EngineProcess
 

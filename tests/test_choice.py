@@ -10,7 +10,6 @@ import torch
 from helpers import make_actions, token_log_probs
 from tensordict import lazy_stack
 from torchrl.modules.llm import TransformersWrapper
-from torchrl_gagpo.envs import ToyTextEnv
 
 from torchrl_gagpo import GAGPOLoss
 from torchrl_gagpo.choice import (
@@ -20,6 +19,7 @@ from torchrl_gagpo.choice import (
     read_choices,
     score_choices,
 )
+from torchrl_gagpo.envs import ToyTextEnv
 from torchrl_gagpo.policies import AdmissibleActionPolicy, make_tiny_model
 
 ADV = [1.0, -0.5, 2.0, -1.5, 0.3, 0.7]

@@ -13,9 +13,9 @@ import pytest
 import torch
 from collector_envs import TOY, TouchingToyEnv, toy_env
 from test_collectors import assert_whole_groups, signature
-from torchrl_gagpo.envs import ToyTextEnv
 
 from torchrl_gagpo.collectors import VERSION_KEY, WORKER_KEY, GroupCollector
+from torchrl_gagpo.envs import ToyTextEnv
 from torchrl_gagpo.policies import AdmissibleActionPolicy
 from torchrl_gagpo.training import TrainConfig
 from torchrl_gagpo.training.components import PolicyReplica

@@ -13,10 +13,10 @@ from torchrl.modules import ProbabilisticActor
 from torchrl.modules.llm import TransformersWrapper
 from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.llm import GRPOLoss
-from torchrl_gagpo.envs import ToyTextEnv
 
 from torchrl_gagpo import GAGPOLoss, GiGPOEstimator, GroupedGAE, GRPOEstimator, StateKeyGrouping
 from torchrl_gagpo import functional as F
+from torchrl_gagpo.envs import ToyTextEnv
 from torchrl_gagpo.policies import AdmissibleActionPolicy, make_tiny_model, make_tiny_tokenizer
 
 G, GROUPS = 3, 2

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from helpers import step, tagged
 from torchrl.envs.utils import check_env_specs
+
 from torchrl_gagpo.envs.credit import (
     CreditGame,
     CreditTask,
@@ -24,7 +25,6 @@ from torchrl_gagpo.envs.credit import (
     sample_episodes,
     skewed_policy,
 )
-
 from torchrl_gagpo.training.config import TrainConfig, parse_config
 from torchrl_gagpo.training.envs import make_env
 

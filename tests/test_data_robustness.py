@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from helpers import child_pids, pid_alive
+
 from torchrl_gagpo.envs.alfworld import data as alf_data
 from torchrl_gagpo.envs.alfworld import find_games
 from torchrl_gagpo.envs.webshop import WebShopData, WebShopDataError

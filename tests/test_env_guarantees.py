@@ -15,11 +15,11 @@ import copy
 import pytest
 import torch
 from helpers import force, step, tagged
+
+from torchrl_gagpo._utils import ROLE_MARKERS, prompt_safe
 from torchrl_gagpo.envs import GameState, ToyTextEnv, parse_action
 from torchrl_gagpo.envs.base import extract_action
 from torchrl_gagpo.envs.credit import CreditTextEnv
-
-from torchrl_gagpo._utils import ROLE_MARKERS, prompt_safe
 from torchrl_gagpo.policies import blocked_token_ids, make_tiny_tokenizer
 
 

@@ -14,12 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tensordict import TensorDict
 from torchrl.envs.utils import check_env_specs
-from torchrl_gagpo.envs import GameState, ToyGame, ToyTask, ToyTextEnv, parse_action
-from torchrl_gagpo.envs.base import MAX_RESPONSE_CHARS, TextAgentEnv
-from torchrl_gagpo.envs.toy import DISTRACTORS, make_tasks
 
 import torchrl_gagpo
 from torchrl_gagpo._utils import ROLE_MARKER_PATTERN, normalize_text
+from torchrl_gagpo.envs import GameState, ToyGame, ToyTask, ToyTextEnv, parse_action
+from torchrl_gagpo.envs.base import MAX_RESPONSE_CHARS, TextAgentEnv
+from torchrl_gagpo.envs.toy import DISTRACTORS, make_tasks
 from torchrl_gagpo.policies import AdmissibleActionPolicy
 
 TASK = ToyTask(0, ("hall", "kitchen", "cellar", "garden"))

@@ -10,10 +10,10 @@ from helpers import token_log_probs
 from tensordict import lazy_stack
 from torchrl.collectors.llm import LLMCollector
 from torchrl.modules.llm import TransformersWrapper
-from torchrl_gagpo.envs import ToyTextEnv
 from transformers import Qwen2ForCausalLM
 
 from torchrl_gagpo import GAGPOLoss
+from torchrl_gagpo.envs import ToyTextEnv
 from torchrl_gagpo.policies import AdmissibleActionPolicy, make_tiny_tokenizer
 from torchrl_gagpo.policies.generate import GeneratePolicy, make_policy
 from torchrl_gagpo.policies.vllm import make_vllm_policy

@@ -19,7 +19,7 @@ import json, logging, os, sys, warnings
 import tensordict
 from tensordict import list_to_stack
 
-OURS = tuple(os.path.join(sys.argv[1], folder) + os.sep for folder in ("torchrl_gagpo", "envs"))
+OURS = tuple(os.path.join(sys.argv[1], folder) + os.sep for folder in ("torchrl_gagpo",))
 calls = []
 
 def spy(owner, name):

@@ -19,10 +19,10 @@ from torchrl.collectors.llm import LLMCollector
 from torchrl.data.llm import History
 from torchrl.modules.llm import TransformersWrapper
 from torchrl.modules.llm.policies import ChatHistory
-from torchrl_gagpo.envs import ToyTextEnv
 from transformers import Qwen2ForCausalLM
 
 from torchrl_gagpo import GAGPOLoss
+from torchrl_gagpo.envs import ToyTextEnv
 from torchrl_gagpo.policies import configure_generation
 from torchrl_gagpo.policies.choose import AdmissibleActionPolicy
 

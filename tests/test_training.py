@@ -135,9 +135,8 @@ class TestBackendsAndParts:
                 os.kill(pid, 0)
 
     def test_registered_env_and_estimator_train_by_name(self, tmp_path):
-        from torchrl_gagpo.envs import ToyTextEnv
-
         from torchrl_gagpo import GroupedGAE
+        from torchrl_gagpo.envs import ToyTextEnv
         from torchrl_gagpo.training import ENVS, ESTIMATORS, register_env, register_estimator
 
         made = []
@@ -165,7 +164,6 @@ def test_choose_log_prob_equals_a_fresh_scoring():
     """The chooser's stored log-prob of the chosen action equals the scorer's (the loss's) log-prob."""
 
     from torchrl_gagpo.envs import ToyTextEnv
-
     from torchrl_gagpo.policies import AdmissibleActionPolicy, make_tiny_model, make_tiny_tokenizer
     from torchrl_gagpo.training.models import make_scorer, score_tokens
 

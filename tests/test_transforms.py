@@ -12,9 +12,9 @@ from tensordict import NonTensorStack, TensorDict, lazy_stack
 from torchrl.data import LazyStackStorage, ReplayBuffer
 from torchrl.envs import TransformedEnv
 from torchrl.envs.utils import check_env_specs
-from torchrl_gagpo.envs import ToyTextEnv
 
 from torchrl_gagpo import GroupedGAE, StateKey, StateKeyGrouping, state_digest
+from torchrl_gagpo.envs import ToyTextEnv
 
 
 class TestStateKey:

@@ -17,6 +17,7 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 from helpers import serving
+
 from torchrl_gagpo.envs.webshop.data import WebShopData
 from torchrl_gagpo.envs.webshop.engine import WebShopEngine
 from torchrl_gagpo.envs.webshop.html import html_to_text

@@ -16,9 +16,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torchrl_gagpo.envs
 from hypothesis import given
 from hypothesis import strategies as st
+
+import torchrl_gagpo
+import torchrl_gagpo.envs
 from torchrl_gagpo.envs.webshop import catalog as ws_catalog
 from torchrl_gagpo.envs.webshop import data as ws_data
 from torchrl_gagpo.envs.webshop.data import (
@@ -31,8 +33,6 @@ from torchrl_gagpo.envs.webshop.data import (
     split_goals,
 )
 from torchrl_gagpo.envs.webshop.search import BM25Search, analyze, document_text
-
-import torchrl_gagpo
 
 SHIPPED = default_data_path()
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from helpers import force, step, tagged
 from torchrl.envs.utils import check_env_specs
-from torchrl_gagpo.envs.webshop import WebShopData, WebShopEngine, WebShopEnv, score_purchase, search_query
-from torchrl_gagpo.envs.webshop.pages import RESULTS_PER_PAGE, page_text, state_text
 
 from torchrl_gagpo import state_digest
+from torchrl_gagpo.envs.webshop import WebShopData, WebShopEngine, WebShopEnv, score_purchase, search_query
+from torchrl_gagpo.envs.webshop.pages import RESULTS_PER_PAGE, page_text, state_text
 
 
 @pytest.fixture(scope="module")

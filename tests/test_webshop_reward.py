@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 pytest.importorskip("rapidfuzz")
 from rapidfuzz import fuzz  # noqa: E402
 from rapidfuzz.utils import default_process  # noqa: E402
+
 from torchrl_gagpo.envs.webshop import reward  # noqa: E402
 from torchrl_gagpo.envs.webshop.reward import (  # noqa: E402
     COLOR_SET,

@@ -22,6 +22,7 @@ import time
 
 import pytest
 from helpers import serving
+
 from torchrl_gagpo.envs.webshop import serve
 from torchrl_gagpo.envs.webshop.data import WebShopData
 from torchrl_gagpo.envs.webshop.serve import WebShopSite, make_server
