@@ -54,6 +54,21 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from ._checks import (
+    check_done,
+    check_episode_stats,
+    check_ids,
+    check_normalize,
+    check_penalty,
+    check_reward,
+    check_singleton_value,
+    check_std_floor,
+    check_trajectory_groups,
+    check_unit,
+    flat_steps,
+    prepare_inputs,
+    to_output,
+)
 from ._scan import ScanPlan, plan_scan, reverse_discounted_scan
 from ._segments import dense_ids, pair_index
 
@@ -76,73 +91,13 @@ __all__ = [
 ]
 
 Normalize = Literal["mean_std", "mean", "none"]
-_NORMALIZE_MODES = ("mean_std", "mean", "none")
 # Kernels on fewer steps run on one intra-op thread (see ``_threads_for``).
 _PARALLEL_MIN_STEPS = 1 << 22
 
 
 # ---------------------------------------------------------------------------
-# input checks
+# threading and the public checks (the input checks live in _checks.py)
 # ---------------------------------------------------------------------------
-def _flat(name: str, x: Tensor, n_ref: int | None = None) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}.")
-    if x.is_meta:
-        raise ValueError(
-            f"{name} is on the meta device: it has a shape but no values, so no advantage "
-            "can be computed from it; pass a tensor on the CPU or a GPU."
-        )
-    if x.ndim == 2 and x.shape[-1] == 1:
-        x = x.reshape(-1)
-    elif x.ndim != 1:
-        raise ValueError(
-            f"{name} must have shape [N] or [N, 1] (one row per step), got {tuple(x.shape)}."
-        )
-    if n_ref is not None and x.numel() != n_ref:
-        raise ValueError(
-            f"{name} has {x.numel()} steps but reward has {n_ref}: every input must "
-            "hold one row per step."
-        )
-    return x
-
-
-def _check_reward(reward: Tensor, name: str = "reward") -> Tensor:
-    """Validated flat float64 copy of a per-step float input."""
-    r = _flat(name, reward)
-    if not r.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got {r.dtype}.")
-    if not _all_finite(r):
-        bad = int((~torch.isfinite(r)).nonzero()[0])
-        raise ValueError(
-            f"{name} contains NaN or inf (first at step {bad}); fix the environment "
-            "reward before estimating advantages."
-        )
-    return r.to(torch.float64)
-
-
-def _all_finite(x: Tensor) -> bool:
-    """Whether ``x`` holds no inf or NaN (one reduction in the common, finite case)."""
-    if x.numel() == 0 or bool(torch.isfinite(x.sum())):  # an inf or NaN makes the sum one
-        return True
-    return bool(torch.isfinite(x).all())  # the sum of finite values may still overflow
-
-
-def _out(x: Tensor, like: Tensor) -> Tensor:
-    """Cast a float64 result back to the dtype and shape of ``like``; refuse inf/NaN."""
-    out = x.to(like.dtype).view_as(like)
-    if _all_finite(out):
-        return out
-    if not _all_finite(x):  # (x is the float64 result)
-        raise ValueError(
-            "the result overflows float64 (inf or NaN): the rewards are too large even for "
-            "float64; rescale them."
-        )
-    raise ValueError(
-        f"the result does not fit in {like.dtype} (inf or NaN): the rewards are too large; "
-        "rescale them or pass float64 tensors."
-    )
-
-
 @contextlib.contextmanager
 def _threads_for(x: Tensor):
     """Run a kernel on ``x`` on one intra-op thread unless ``x`` is huge (CPU only).
@@ -185,77 +140,16 @@ _dense = _threads_by_size(dense_ids)
 _pair_index = _threads_by_size(pair_index)
 
 
-def _check_done(done: Tensor, reward: Tensor) -> Tensor:
-    d = _flat("done", done, reward.numel())
-    if d.dtype != torch.bool:
-        raise ValueError(f"done must be a bool tensor, got {d.dtype}.")
-    if d.device != reward.device:
-        raise ValueError(f"done is on {d.device} but reward is on {reward.device}.")
-    if d.numel() and not bool(d[-1]):
-        raise ValueError(
-            "the last step is not done: every trajectory must be complete and end "
-            "with done=True (collect whole trajectories, or split them on "
-            "('next', 'done'))."
-        )
-    return d
-
-
-def _check_ids(name: str, ids: Tensor, reward: Tensor) -> Tensor:
-    i = _flat(name, ids, reward.numel())
-    if i.dtype == torch.bool or i.is_floating_point() or i.is_complex():
-        raise ValueError(f"{name} must be an integer tensor (int64), got {i.dtype}.")
-    if i.device != reward.device:
-        raise ValueError(f"{name} is on {i.device} but reward is on {reward.device}.")
-    return i.long()
-
-
-def _check_group_structure(group_id: Tensor, done: Tensor) -> None:
-    if group_id.numel() < 2:
-        return
-    changes = (group_id[1:] != group_id[:-1]).masked_fill_(done[:-1], False)
-    if bool(changes.any()):
-        step = int(changes.nonzero()[0]) + 1
-        raise ValueError(
-            f"group_id changes at step {step} inside a trajectory (the previous step "
-            "is not done): a trajectory's last step must be done and all its steps "
-            "must share one group_id."
-        )
-
-
-def _check_normalize(normalize: str, eps: float) -> None:
-    if normalize not in _NORMALIZE_MODES:
-        raise ValueError(f"normalize must be one of {_NORMALIZE_MODES}, got {normalize!r}.")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}.")
-
-
-def _check_unit(name: str, value: float) -> float:
-    value = float(value)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must lie in [0, 1], got {value}.")
-    return value
-
-
-def _prepare(reward: Tensor, done: Tensor, group_id: Tensor | None = None):
-    r = _check_reward(reward)
-    d = _check_done(done, r)
-    g = None
-    if group_id is not None:
-        g = _check_ids("group_id", group_id, r)
-        _check_group_structure(g, d)
-    return r, d, g
-
-
 def check_group_structure(group_id: Tensor, done: Tensor) -> None:
     """Raise ``ValueError`` unless every trajectory keeps one ``group_id`` and ends with ``done``.
 
     Examples:
         >>> check_group_structure(torch.tensor([0, 0, 1]), torch.tensor([False, True, True]))
     """
-    d = _flat("done", done)
+    d = flat_steps("done", done)
     if d.dtype != torch.bool:
         raise ValueError(f"done must be a bool tensor, got {d.dtype}.")
-    _check_group_structure(_check_ids("group_id", group_id, d), d)
+    check_trajectory_groups(check_ids("group_id", group_id, d), d)
 
 
 def group_index(group_id: Tensor) -> tuple[Tensor, int]:
@@ -266,7 +160,7 @@ def group_index(group_id: Tensor) -> tuple[Tensor, int]:
         >>> index.tolist(), n
         ([1, 1, 0, 1], 2)
     """
-    return _dense(_flat("group_id", group_id).long())
+    return _dense(flat_steps("group_id", group_id).long())
 
 
 def state_group_index(state_key: Tensor, group_id: Tensor) -> tuple[Tensor, int]:
@@ -279,10 +173,10 @@ def state_group_index(state_key: Tensor, group_id: Tensor) -> tuple[Tensor, int]
         >>> n, bool(index[0] == index[2]), bool(index[0] != index[3])
         (3, True, True)
     """
-    g = _flat("group_id", group_id)
+    g = flat_steps("group_id", group_id)
     if g.dtype == torch.bool or g.is_floating_point() or g.is_complex():
         raise ValueError(f"group_id must be an integer tensor (int64), got {g.dtype}.")
-    return _pair_index(g.long(), _check_ids("state_key", state_key, g))
+    return _pair_index(g.long(), check_ids("state_key", state_key, g))
 
 
 def validate_options(
@@ -307,17 +201,17 @@ def validate_options(
         ValueError: gamma must lie in [0, 1], got 1.5.
     """
     if gamma is not None:
-        _check_unit("gamma", gamma)
+        check_unit("gamma", gamma)
     if lmbda is not None:
-        _check_unit("lmbda", lmbda)
+        check_unit("lmbda", lmbda)
     if normalize is not None:
-        _check_normalize(normalize, eps)
+        check_normalize(normalize, eps)
     if std_floor is not None:
-        _check_std_floor(std_floor)
+        check_std_floor(std_floor)
     if singleton_value is not None:
-        _check_singleton_value(singleton_value)
+        check_singleton_value(singleton_value)
     if episode_stats is not None:
-        _check_episode_stats(episode_stats)
+        check_episode_stats(episode_stats)
 
 
 # ---------------------------------------------------------------------------
@@ -404,23 +298,6 @@ def _normalize_segments(
     return _normalize_by(x, index, n, x, index, normalize, eps, singleton_mean_zero, std_floor)
 
 
-def _check_std_floor(std_floor: float) -> float:
-    std_floor = float(std_floor)
-    if not 0.0 <= std_floor < float("inf"):
-        raise ValueError(f"std_floor must be a finite number >= 0 (in reward units), got {std_floor}.")
-    return std_floor
-
-
-def _check_penalty(penalty: Tensor | None, r: Tensor) -> Tensor | None:
-    """Validated flat float64 per-step penalty (``None`` stays ``None``)."""
-    if penalty is None:
-        return None
-    p = _check_reward(_flat("penalty", penalty, r.numel()), "penalty")
-    if p.device != r.device:
-        raise ValueError(f"penalty is on {p.device} but reward is on {r.device}.")
-    return p
-
-
 @_threads_by_size
 def group_normalize(
     x: Tensor,
@@ -449,12 +326,12 @@ def group_normalize(
         >>> group_normalize(x, torch.tensor([0, 0, 1])).tolist()
         [-0.7071062922477722, 0.7071062922477722, 0.0]
     """
-    _check_normalize(normalize, eps)
-    std_floor = _check_std_floor(std_floor)
-    v = _check_reward(x, "x")
-    g = _check_ids("group_id", group_id, v)
+    check_normalize(normalize, eps)
+    std_floor = check_std_floor(std_floor)
+    v = check_reward(x, "x")
+    g = check_ids("group_id", group_id, v)
     index, n = _dense(g)
-    return _out(_normalize_segments(v, index, n, normalize, eps, std_floor=std_floor), x)
+    return to_output(_normalize_segments(v, index, n, normalize, eps, std_floor=std_floor), x)
 
 
 @_threads_by_size
@@ -485,9 +362,9 @@ def discounted_returns(reward: Tensor, done: Tensor, gamma: float) -> Tensor:
         >>> discounted_returns(r, d, 0.5).tolist()
         [2.5, 5.0, 10.0, 1.0]
     """
-    gamma = _check_unit("gamma", gamma)
-    r, d, _ = _prepare(reward, done)
-    return _out(_reverse_discounted_scan(r, d, gamma), reward)
+    gamma = check_unit("gamma", gamma)
+    r, d, _ = prepare_inputs(reward, done)
+    return to_output(_reverse_discounted_scan(r, d, gamma), reward)
 
 
 @_threads_by_size
@@ -508,11 +385,11 @@ def grouped_value_proxy(returns: Tensor, state_key: Tensor, group_id: Tensor) ->
         >>> grouped_value_proxy(G, s, torch.tensor([0, 0, 0, 1])).tolist()
         [2.0, 2.0, 4.0, 8.0]
     """
-    g_ret = _check_reward(returns, "returns")
-    s = _check_ids("state_key", state_key, g_ret)
-    g = _check_ids("group_id", group_id, g_ret)
+    g_ret = check_reward(returns, "returns")
+    s = check_ids("state_key", state_key, g_ret)
+    g = check_ids("group_id", group_id, g_ret)
     index, n = _pair_index(g, s)
-    return _out(_take(_segment_mean(g_ret, index, n), index), returns)
+    return to_output(_take(_segment_mean(g_ret, index, n), index), returns)
 
 
 def _next_in_trajectory(value: Tensor, done: Tensor) -> Tensor:
@@ -530,8 +407,8 @@ def next_in_trajectory(value: Tensor, done: Tensor) -> Tensor:
         >>> next_in_trajectory(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([False, True, True])).tolist()
         [2.0, 0.0, 0.0]
     """
-    v = _check_reward(value, "value")
-    return _out(_next_in_trajectory(v, _check_done(done, v)), value)
+    v = check_reward(value, "value")
+    return to_output(_next_in_trajectory(v, check_done(done, v)), value)
 
 
 @_threads_by_size
@@ -547,11 +424,6 @@ def _gagpo_raw(
     delta = torch.mul(next_value, gamma, out=returns).add_(r).sub_(value)  # r + gamma V' - V
     advantage = _reverse_discounted_scan(delta, d, gamma * lmbda, plan)
     return advantage, value, next_value
-
-
-def _check_singleton_value(singleton_value: str) -> None:
-    if singleton_value not in ("proxy", "backup"):
-        raise ValueError(f"singleton_value must be 'proxy' or 'backup', got {singleton_value!r}.")
 
 
 def _singleton_backup(
@@ -682,16 +554,16 @@ def gagpo_terms(
         >>> torch.equal(terms.advantage, terms.raw_advantage)  # normalize="none", no penalty
         True
     """
-    gamma = _check_unit("gamma", gamma)
-    lmbda = _check_unit("lmbda", lmbda)
-    _check_normalize(normalize, eps)
-    std_floor = _check_std_floor(std_floor)
-    _check_singleton_value(singleton_value)
+    gamma = check_unit("gamma", gamma)
+    lmbda = check_unit("lmbda", lmbda)
+    check_normalize(normalize, eps)
+    std_floor = check_std_floor(std_floor)
+    check_singleton_value(singleton_value)
     if normalize_scope not in ("group", "batch"):
         raise ValueError(f"normalize_scope must be 'group' or 'batch', got {normalize_scope!r}.")
-    r, d, g = _prepare(reward, done, group_id)
-    s = _check_ids("state_key", state_key, r)
-    p = _check_penalty(penalty, r)
+    r, d, g = prepare_inputs(reward, done, group_id)
+    s = check_ids("state_key", state_key, r)
+    p = check_penalty(penalty, r)
     task = r if p is None else r + p
     groups = _dense(g)
     raw, value, next_value = _gagpo_raw(task, d, s, g, groups, gamma, lmbda)
@@ -700,7 +572,7 @@ def gagpo_terms(
     charged = raw if p is None else raw - p
     scope = groups if normalize_scope == "group" else (torch.zeros_like(groups[0]), 1)
     advantage = _normalize_segments(charged, *scope, normalize, eps, std_floor=std_floor)
-    return GAGPOTerms(*(_out(x, reward) for x in (advantage, raw, value, next_value)))
+    return GAGPOTerms(*(to_output(x, reward) for x in (advantage, raw, value, next_value)))
 
 
 def _trajectory_sums(r: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
@@ -712,11 +584,6 @@ def _trajectory_sums(r: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
 def _per_trajectory_groups(g: Tensor, d: Tensor) -> tuple[Tensor, int]:
     """Dense group index of each trajectory (read on its last step)."""
     return _dense(g[d])
-
-
-def _check_episode_stats(episode_stats: str) -> None:
-    if episode_stats not in ("trajectory", "step"):
-        raise ValueError(f"episode_stats must be 'trajectory' or 'step', got {episode_stats!r}.")
 
 
 def _episode_scores(
@@ -793,16 +660,16 @@ def gigpo_advantage(
         >>> A.tolist()
         [9.75, 5.0, -9.75, -5.0]
     """
-    gamma = _check_unit("gamma", gamma)
-    _check_normalize(normalize, eps)
-    _check_episode_stats(episode_stats)
-    std_floor = _check_std_floor(std_floor)
+    gamma = check_unit("gamma", gamma)
+    check_normalize(normalize, eps)
+    check_episode_stats(episode_stats)
+    std_floor = check_std_floor(std_floor)
     step_weight = float(step_weight)
     if not 0 <= step_weight < float("inf"):
         raise ValueError(f"step_weight must be finite and >= 0, got {step_weight}.")
-    r, d, g = _prepare(reward, done, group_id)
-    s = _check_ids("state_key", state_key, r)
-    p = _check_penalty(penalty, r)
+    r, d, g = prepare_inputs(reward, done, group_id)
+    s = check_ids("state_key", state_key, r)
+    p = check_penalty(penalty, r)
     task = r if p is None else r + p
     stats, stats_index, n, rows, rows_index = _episode_scores(task, d, g, p, episode_stats)
     episode = _normalize_by(stats, stats_index, n, rows, rows_index, normalize, eps, True, std_floor)
@@ -811,7 +678,7 @@ def gigpo_advantage(
         returns = returns - p
     index, n = _pair_index(g, s)
     step = _normalize_segments(returns, index, n, normalize, eps, std_floor=std_floor)
-    return _out(episode + step_weight * step, reward)
+    return to_output(episode + step_weight * step, reward)
 
 
 @_threads_by_size
@@ -851,13 +718,13 @@ def grpo_advantage(
         >>> grpo_advantage(r, d, torch.zeros(3, dtype=torch.long), normalize="mean").tolist()
         [0.5, 0.5, -0.5]
     """
-    _check_normalize(normalize, eps)
-    _check_episode_stats(episode_stats)
-    std_floor = _check_std_floor(std_floor)
-    r, d, g = _prepare(reward, done, group_id)
-    p = _check_penalty(penalty, r)
+    check_normalize(normalize, eps)
+    check_episode_stats(episode_stats)
+    std_floor = check_std_floor(std_floor)
+    r, d, g = prepare_inputs(reward, done, group_id)
+    p = check_penalty(penalty, r)
     scores = _episode_scores(r if p is None else r + p, d, g, p, episode_stats)
-    return _out(_normalize_by(*scores, normalize, eps, std_floor=std_floor), reward)
+    return to_output(_normalize_by(*scores, normalize, eps, std_floor=std_floor), reward)
 
 
 @_threads_by_size
@@ -893,9 +760,9 @@ def rloo_advantage(
         >>> rloo_advantage(r, d, torch.zeros(4, dtype=torch.long)).tolist()
         [0.0, 0.0, -4.5, 4.5]
     """
-    _check_episode_stats(episode_stats)
-    r, d, g = _prepare(reward, done, group_id)
-    p = _check_penalty(penalty, r)
+    check_episode_stats(episode_stats)
+    r, d, g = prepare_inputs(reward, done, group_id)
+    p = check_penalty(penalty, r)
     task = r if p is None else r + p
     stats, stats_index, n, rows, rows_index = _episode_scores(task, d, g, p, episode_stats)
     count = torch.bincount(stats_index, minlength=n).to(r.dtype)
@@ -904,4 +771,4 @@ def rloo_advantage(
     own = rows if p is None or episode_stats == "step" else rows + p
     c = _take(count, rows_index)
     others = (_take(total, rows_index) - own) / (c - 1).clamp_min(1)
-    return _out(torch.where(c > 1, rows - others, rows - own), reward)
+    return to_output(torch.where(c > 1, rows - others, rows - own), reward)
