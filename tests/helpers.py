@@ -138,3 +138,38 @@ def make_actions(model, advantages, *, seed: int = 0, prompt_len=(5, 12), respon
                 )
             )
     return lazy_stack(rows)
+
+
+# -- text environments (test_envs.py, test_env_replies.py) --------------------------------
+
+act = tagged  # an action wrapped in <action> tags
+
+
+def prompt_text(td) -> str:
+    """Content of the (last) user message of ``history.prompt``."""
+    prompt = td["history"].prompt
+    assert prompt[0, -1].role == "user"
+    return prompt[0, -1].content
+
+
+def scalar(td, key):
+    value = td[key]
+    assert value.shape == (1, 1), (key, value.shape)
+    return value.item()
+
+
+def obs(td) -> str:
+    return td["observation"][0]
+
+
+def play_episode(env, actions, td=None):
+    """Reset (unless ``td`` is given) and play ``actions`` cyclically until done; return the steps."""
+    td = env.reset() if td is None else td
+    steps = [td]
+    i = 0
+    while True:
+        td = step(env, td, act(actions[i % len(actions)]))
+        steps.append(td)
+        i += 1
+        if scalar(td, "done"):
+            return steps
