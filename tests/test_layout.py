@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import torchrl_gagpo
 from torchrl_gagpo.envs import toy
 
@@ -18,7 +20,7 @@ def test_module_names_and_files_agree():
 def test_top_level_envs_is_a_link_to_the_subpackage():
     link = ROOT / "envs"
     if not link.is_symlink():  # a checkout without symlink support keeps the package, loses the shortcut
-        return
+        pytest.skip("this checkout has no symbolic links (git config core.symlinks false)")
     assert link.resolve() == (ROOT / "torchrl_gagpo" / "envs").resolve()
     assert (link / "alfworld" / "_worker.py").is_file()
 

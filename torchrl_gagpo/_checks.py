@@ -1,7 +1,8 @@
 """Input checks of the advantage kernels (:mod:`torchrl_gagpo.functional`): shapes, dtypes, devices, options.
 
-Every check raises ``ValueError`` naming the bad input; the flat views and float64 copies the
-kernels compute on come from here. The public kernels re-check their inputs on every call.
+The checks raise ``ValueError`` naming the bad input (``to_output`` names a result that does not
+fit its dtype); the flat views and float64 copies the kernels compute on come from here. The
+public kernels re-check their inputs on every call.
 """
 
 from __future__ import annotations

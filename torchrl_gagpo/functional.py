@@ -1,8 +1,8 @@
 """Pure tensor kernels for grouped, critic-free advantage estimation.
 
 Every function here takes flat per-step tensors (one row per agent turn); the
-kernels and their private helpers (``_scan``, ``_segments``) import nothing but
-torch.
+kernels and their private helpers (``_scan``, ``_segments``, ``_checks``) import
+nothing but torch.
 
 Layout
 ------

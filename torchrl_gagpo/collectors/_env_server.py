@@ -26,7 +26,7 @@ def serve(num_threads: int) -> None:
     import torch
 
     torch.set_num_threads(num_threads)
-    from torchrl_gagpo.collectors.env_process import dispatch, env_info, write_message
+    from torchrl_gagpo.collectors.env_process import dispatch, encode_message, env_info
 
     env = None
     while True:
@@ -41,12 +41,14 @@ def serve(num_threads: int) -> None:
                 payload, parent_path = args
                 sys.path[:0] = [p for p in parent_path if p not in sys.path]
                 env = pickle.loads(payload)()
-                reply = ("ok", env_info(env))
+                result = env_info(env)
             else:
-                reply = ("ok", dispatch(env, method, args))
+                result = dispatch(env, method, args)
+            message = encode_message(("ok", result))  # a result that does not pickle is the env's error
         except BaseException as err:  # noqa: BLE001 - reported to the parent, which decides
-            reply = ("error", f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=6)}")
-        write_message(reply, replies)
+            message = encode_message(("error", f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=6)}"))
+        replies.write(message)
+        replies.flush()
     if env is not None:
         env.close()
 

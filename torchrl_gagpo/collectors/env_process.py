@@ -21,6 +21,7 @@ so factories from modules next to the user's script import there as well.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import pickle
@@ -59,20 +60,31 @@ class _WirePickler(pickle.Pickler):
     torch's own reducer writes every tensor through ``torch.save`` (a zip-like record per
     storage, and the whole storage of a view); for the dozens of one-element tensors of an
     environment step that is most of the pickling time. Anything else (bfloat16, grads,
-    other devices, tensor subclasses) keeps torch's reducer.
+    other devices, nested or expanded tensors, tensor subclasses) keeps torch's reducer.
+    A received tensor owns its data but its storage cannot be resized (``resize_``, or
+    ``torch.cat(..., out=t)`` growing ``t``); its values, shape and dtype are the sender's.
     """
 
     def reducer_override(self, obj):
         if (type(obj) is torch.Tensor and obj.dtype in _NUMPY_DTYPES and obj.device.type == "cpu"
-                and obj.layout == torch.strided and not obj.requires_grad and not obj.is_conj() and not obj.is_neg()):
-            return torch.from_numpy, (obj.numpy(),)
+                and obj.layout == torch.strided and not obj.is_nested and not obj.requires_grad
+                and not obj.is_conj() and not obj.is_neg() and (obj.numel() <= 1 or 0 not in obj.stride())):
+            try:
+                return torch.from_numpy, (obj.numpy(),)
+            except (RuntimeError, TypeError):  # a tensor numpy cannot view: torch's reducer takes it
+                return NotImplemented
         return NotImplemented
 
 
-def write_message(obj: Any, stream) -> None:
-    """Pickle ``obj`` onto ``stream`` (the worker protocol's wire format) and flush it."""
-    _WirePickler(stream, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
-    stream.flush()
+def encode_message(obj: Any) -> bytes:
+    """``obj`` pickled in the worker protocol's wire format.
+
+    The message is pickled whole before anything is written to a pipe, so an object that
+    does not pickle raises here and never leaves half a message in the stream.
+    """
+    buffer = io.BytesIO()
+    _WirePickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buffer.getvalue()
 
 
 def _dumps(obj: Any) -> bytes:
@@ -136,7 +148,13 @@ class EnvProcess:
 
     def _send(self, request: tuple) -> None:
         try:
-            write_message(request, self._process.stdin)
+            message = encode_message(request)
+        except Exception as err:  # noqa: BLE001 - any pickling failure: the worker itself is fine
+            raise TypeError(f"cannot send {request[0]} to the environment worker: its arguments do not "
+                            f"pickle ({type(err).__name__}: {err})") from err
+        try:
+            self._process.stdin.write(message)
+            self._process.stdin.flush()
         except (BrokenPipeError, OSError, ValueError) as err:
             self.kill()
             raise EnvWorkerError(f"environment worker died before {request[0]}: {err!r}") from err
