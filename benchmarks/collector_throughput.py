@@ -1,6 +1,6 @@
 """Collector throughput on ALFWorld: env steps/s with 1 and 2 workers per backend, and the collector's overhead.
 
-    python benchmarks/collector_throughput.py [--quick] [--json PATH] [--policy random lm]
+    python benchmarks/collector_throughput.py [--quick] [--json PATH] [--policy random lm] [--interleave N]
 
 Every measurement plays the same episodes (the same groups, tasks and per-turn sampling
 seeds) on the embedded ALFWorld games, after one warm-up batch that is not timed:
@@ -19,6 +19,13 @@ throughput) and ``lm`` (the tiny in-process LM scoring every admissible action, 
 training default). Rows: ``{policy, backend, workers, steps, seconds, steps_per_s,
 speedup_vs_1_worker, overhead_vs_direct}``; ``overhead_vs_direct`` is ``1 - rate /
 direct rate`` for one worker (positive: slower than the plain loop).
+
+``--interleave N`` measures the one-worker overhead the robust way instead: the plain loop,
+``local`` and ``threads`` stay built side by side and play the same groups round after round
+(N rounds, one batch each), so that drift of the machine's speed hits all three alike. Rows:
+``{policy, backend, rounds, steps_per_s_median, paired_overhead_median, paired_overhead_mean,
+paired_overhead_min, paired_overhead_max}``, where a round's overhead is ``1 - rate / direct rate``
+of that round.
 """
 
 from __future__ import annotations
@@ -129,14 +136,65 @@ def measure(kind: str, backend: str, workers: int, groups: int, group_size: int,
             "steps_per_s": round(steps / seconds, 2)}
 
 
+def interleave(kind: str, rounds: int, groups: int, group_size: int, max_steps: int) -> list[dict]:
+    """Paired one-worker overheads: direct, local and threads play the same groups each round."""
+    import statistics
+
+    env_fn = partial(make_env, max_steps)
+    policy = make_policy(kind)
+    rates: dict[str, list[float]] = {"direct": [], "local": [], "threads": []}
+    env = env_fn()
+    made = dict(group_size=group_size, groups_per_batch=groups)
+    drawer = GroupCollector(env_fn, policy, env_processes=False, **made)  # draws the direct loop's groups
+    collectors = {"local": GroupCollector(env_fn, policy, env_processes=True, **made),
+                  "threads": GroupCollector(env_fn, policy, env_processes=False, **made)}
+    try:
+        with torch.no_grad():
+            play_direct(env, policy, drawer.next_groups(1))  # warm-up, as every collector below
+            for collector in collectors.values():
+                collector.collect_groups(1)
+            for r in range(rounds):
+                units = drawer.next_groups(groups)
+                start = time.perf_counter()
+                steps = play_direct(env, policy, units)
+                rates["direct"].append(steps / (time.perf_counter() - start))
+                for name, collector in collectors.items():
+                    start = time.perf_counter()
+                    collector.collect_groups()
+                    rates[name].append(collector.last_stats.steps / (time.perf_counter() - start))
+                print(f"{kind} round {r}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in rates.items()), flush=True)
+    finally:
+        env.close()
+        for collector in (drawer, *collectors.values()):
+            collector.shutdown()
+    rows = []
+    for name, values in rates.items():
+        overhead = [1 - v / d for v, d in zip(values, rates["direct"], strict=True)]
+        rows.append({"policy": kind, "backend": name, "rounds": rounds,
+                     "steps_per_s_median": round(statistics.median(values), 2),
+                     "paired_overhead_median": round(statistics.median(overhead), 3),
+                     "paired_overhead_mean": round(statistics.mean(overhead), 3),
+                     "paired_overhead_min": round(min(overhead), 3), "paired_overhead_max": round(max(overhead), 3)})
+    return rows
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few short episodes (smoke test)")
     parser.add_argument("--json", default=None, help="write the rows to this JSON file")
     parser.add_argument("--policy", nargs="+", choices=["random", "lm"], default=["random", "lm"])
     parser.add_argument("--repeats", type=int, default=None, help="timed batches per row (median; default 3)")
+    parser.add_argument("--interleave", type=int, default=None, metavar="N",
+                        help="paired one-worker overheads over N interleaved rounds (direct, local, threads)")
     args = parser.parse_args(argv)
     groups, group_size, max_steps = (2, 2, 4) if args.quick else (4, 4, 15)
+    if args.interleave is not None:
+        if args.interleave < 1:
+            parser.error("--interleave needs at least 1 round")
+        rows = [row for kind in args.policy for row in interleave(kind, args.interleave, groups, group_size, max_steps)]
+        print_table(rows, text_columns=("policy", "backend"))
+        write_rows(args.json, rows)
+        return rows
     repeats = args.repeats or (1 if args.quick else 3)
     import ray
 
