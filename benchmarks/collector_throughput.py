@@ -31,6 +31,7 @@ of that round.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from functools import partial
 
@@ -138,8 +139,6 @@ def measure(kind: str, backend: str, workers: int, groups: int, group_size: int,
 
 def interleave(kind: str, rounds: int, groups: int, group_size: int, max_steps: int) -> list[dict]:
     """Paired one-worker overheads: direct, local and threads play the same groups each round."""
-    import statistics
-
     env_fn = partial(make_env, max_steps)
     policy = make_policy(kind)
     rates: dict[str, list[float]] = {"direct": [], "local": [], "threads": []}
